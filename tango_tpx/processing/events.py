@@ -1,0 +1,245 @@
+"""Events and time of flight: :class:`PacketProcessor` (pymepix name).
+
+A pixel belongs to the last TDC1 rising edge (trigger) at or before its ToA; its time of
+flight is ``tof = toa - trigger_time``; only ``window[0] <= tof <= window[1]`` is kept
+(both edges inclusive).  Trigger numbers count TDC1 rising edges from 0 for the whole
+acquisition, independent of chunking and of how many workers process the output.
+
+Chunk boundaries: pixels arrive only locally time-ordered (per double column; up to
+~0.45 ms late in the real captures), and a chunk may end in the middle of an event.  The
+processor therefore holds back everything at or after an *emit boundary*:
+
+* the watermark is the latest time seen (pixels and triggers) minus ``reorder_window``;
+* an event is complete once the watermark has passed both its trigger's successor or its
+  window end, whichever comes first;
+* pixels of complete events are emitted, the rest are held for the next call.
+
+So an event is never split across two outputs and nothing is lost at a chunk edge.  A
+pixel that arrives later than ``reorder_window`` behind already emitted data is counted
+in ``stats['late_pixels']`` and dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..tpx3.codec import Decoded
+from ..tpx3.hits import PixelHits, Triggers, _SoA
+from ..tpx3.units import s_to_units, ns_to_units
+
+#: Default event window (s), as pymepix's PacketProcessor.
+DEFAULT_EVENT_WINDOW = (0.0, 1e-3)
+#: Default reorder tolerance (ns): 10x the worst lateness seen in the real captures.
+DEFAULT_REORDER_WINDOW_NS = 5_000_000.0
+_INF = np.iinfo(np.int64).max
+
+
+@dataclass
+class Events(_SoA):
+    """Pixel hits assigned to triggers.
+
+    trigger_nr: int64 global trigger (event) number, 0-based;
+    x, y: uint16 pixels; tof: int64 time of flight, 25/4096 ns units;
+    tot: uint16 ToT counts (25 ns); toa: int64 absolute ToA, 25/4096 ns units.
+    Rows are sorted by toa (hence by trigger_nr).
+    """
+
+    trigger_nr: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    tof: np.ndarray
+    tot: np.ndarray
+    toa: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int = 0) -> "Events":
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.uint16), np.zeros(n, np.uint16),
+                   np.zeros(n, np.int64), np.zeros(n, np.uint16), np.zeros(n, np.int64))
+
+
+@dataclass
+class TriggerTable(_SoA):
+    """Trigger (TDC1 rising edge) records: global number, time (25/4096 ns), 12-bit counter."""
+
+    trigger_nr: np.ndarray
+    time: np.ndarray
+    counter: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int = 0) -> "TriggerTable":
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.uint16))
+
+
+@dataclass
+class EventOutput:
+    """What one :meth:`PacketProcessor.process` call releases."""
+
+    events: Events
+    triggers: TriggerTable
+
+
+def _window_units(window: tuple[float, float]) -> tuple[int, int]:
+    lo, hi = float(window[0]), float(window[1])
+    if not (lo <= hi):
+        raise ValueError(f"event window start {lo} s must be <= end {hi} s")
+    if lo < 0:
+        raise ValueError(f"event window start must be >= 0 s, got {lo}")
+    hi_u = _INF if not np.isfinite(hi) or hi >= 1e6 else int(s_to_units(hi))
+    return int(s_to_units(lo)), hi_u
+
+
+class PacketProcessor:
+    """Assign decoded pixels to triggers, across chunks, losing nothing at chunk edges.
+
+    Parameters
+    ----------
+    event_window: (min, max) time of flight in s (inclusive); ``max`` may be ``inf``.
+    timewalk_lut: optional per-pixel time-walk table (ns per 25 ns ToT bin, see
+        :mod:`tango_tpx.processing.timewalk`), applied to the ToA before assignment.
+    reorder_window_ns: how far (ns) pixels may arrive behind the newest data.
+    trigger_channel: TDC channel whose rising edges define events (1 or 2).
+    """
+
+    def __init__(self, event_window: tuple[float, float] = DEFAULT_EVENT_WINDOW,
+                 timewalk_lut: np.ndarray | None = None,
+                 reorder_window_ns: float = DEFAULT_REORDER_WINDOW_NS,
+                 trigger_channel: int = 1):
+        self.event_window = event_window
+        self.timewalk_lut = None if timewalk_lut is None else np.asarray(timewalk_lut, np.float64)
+        self._slack = int(ns_to_units(reorder_window_ns))
+        self.trigger_channel = int(trigger_channel)
+        self._held = PixelHits.empty()
+        self._trig_time = np.zeros(0, np.int64)  # open triggers (the last may still collect)
+        self._trig_nr0 = 0                        # global number of _trig_time[0]
+        self._next_nr = 0
+        self._emitted_to = -_INF                  # everything below this time was released
+        self._newest = -_INF
+        self._last_counter = {1: -1, 2: -1}
+        self._falling_seen = {1: False, 2: False}
+        self.stats = {"pixels_in": 0, "events_pixels": 0, "triggers": 0, "lost_triggers": 0,
+                      "lost_tdc_edges": 0, "late_pixels": 0, "late_triggers": 0,
+                      "before_first_trigger": 0, "outside_window": 0}
+
+    # -- configuration ------------------------------------------------------------------
+    @property
+    def event_window(self) -> tuple[float, float]:
+        """(min, max) ToF in s; may be changed between chunks."""
+        return self._window_s
+
+    @event_window.setter
+    def event_window(self, window: tuple[float, float]) -> None:
+        self._window = _window_units(window)
+        self._window_s = (float(window[0]), float(window[1]))
+
+    # -- processing ---------------------------------------------------------------------
+    def _count_lost(self, triggers: Triggers) -> None:
+        for ch in (1, 2):
+            m = triggers.channel == ch
+            if not m.any():
+                continue
+            if not self._falling_seen[ch] and (m & ~triggers.rising).any():
+                self._falling_seen[ch] = True
+            c = triggers.counter[m].astype(np.int64)
+            prev = self._last_counter[ch]
+            seq = np.concatenate(([prev], c)) if prev >= 0 else c
+            steps = np.diff(seq) % 4096
+            lost = int(np.sum(np.where(steps > 1, steps - 1, 0)))
+            self._last_counter[ch] = int(c[-1])
+            self.stats["lost_tdc_edges"] += lost
+            if ch == self.trigger_channel:
+                per = 2 if self._falling_seen[ch] else 1
+                self.stats["lost_triggers"] += (lost + per - 1) // per
+
+    def _add_triggers(self, triggers: Triggers) -> TriggerTable:
+        if len(triggers):
+            self._count_lost(triggers)
+        m = (triggers.channel == self.trigger_channel) & triggers.rising
+        order = np.argsort(triggers.time[m], kind="stable")
+        t, cnt = triggers.time[m][order], triggers.counter[m][order]
+        last = self._trig_time[-1] if len(self._trig_time) else -_INF
+        late = t < last
+        if late.any():
+            self.stats["late_triggers"] += int(late.sum())
+            t, cnt = t[~late], cnt[~late]
+        n = len(t)
+        table = TriggerTable(np.arange(self._next_nr, self._next_nr + n, dtype=np.int64), t, cnt)
+        self._next_nr += n
+        self.stats["triggers"] += n
+        self._trig_time = np.concatenate((self._trig_time, t))
+        if n:
+            self._newest = max(self._newest, int(t[-1]))
+        return table
+
+    def _boundary(self, final: bool) -> int:
+        """Time below which every event is complete."""
+        if final:
+            return _INF
+        b = self._newest - self._slack
+        tt = self._trig_time
+        k = int(np.searchsorted(tt, b, side="right")) - 1  # last trigger at or before b
+        hi = self._window[1]
+        if k >= 0 and (hi == _INF or not (int(tt[k]) < b - hi)):
+            b = int(tt[k])                                   # hold the open event k
+        return b
+
+    def _release(self, final: bool) -> Events:
+        b = self._boundary(final)
+        held = self._held
+        if b == _INF:
+            out, self._held = held, PixelHits.empty()
+        else:
+            cut = int(np.searchsorted(held.toa, b, side="left"))
+            out, self._held = held.take(slice(0, cut)), held.take(slice(cut, None))
+        if b > self._emitted_to:
+            self._emitted_to = b
+        tt = self._trig_time
+        idx = np.searchsorted(tt, out.toa, side="right") - 1
+        before = idx < 0
+        self.stats["before_first_trigger"] += int(before.sum())
+        idxc = np.maximum(idx, 0)
+        tof = out.toa - tt[idxc] if len(tt) else np.zeros(len(out), np.int64)
+        keep = ~before & (tof >= self._window[0]) & (tof <= self._window[1])
+        self.stats["outside_window"] += int((~before & ~keep).sum())
+        ev = Events((idxc + self._trig_nr0)[keep].astype(np.int64), out.x[keep], out.y[keep],
+                    tof[keep], out.tot[keep], out.toa[keep])
+        self.stats["events_pixels"] += len(ev)
+        # forget triggers whose events can no longer receive pixels (keep the open one)
+        if len(tt) > 1 and b != _INF:
+            k = int(np.searchsorted(tt, b, side="right")) - 1
+            if k > 0:
+                self._trig_time = tt[k:]
+                self._trig_nr0 += k
+        return ev
+
+    def process(self, decoded: Decoded) -> EventOutput:
+        """Add one decoded chunk; returns the events that became complete and new triggers."""
+        triggers = self._add_triggers(decoded.triggers)
+        px = decoded.pixels
+        self.stats["pixels_in"] += len(px)
+        if len(px):
+            toa = px.toa
+            if self.timewalk_lut is not None:
+                from .timewalk import correct_pixel_toa
+                toa = correct_pixel_toa(toa, px.tot, self.timewalk_lut)
+            late = toa < self._emitted_to
+            if late.any():
+                self.stats["late_pixels"] += int(late.sum())
+                keep = ~late
+                px, toa = px.take(keep), toa[keep]
+            px = PixelHits(px.x, px.y, toa, px.tot, px.chip)
+            self._newest = max(self._newest, int(toa.max()) if len(toa) else self._newest)
+            merged = PixelHits.concat([self._held, px])
+            order = np.argsort(merged.toa, kind="stable")  # timsort: exploits the sorted runs
+            self._held = merged.take(order)
+        return EventOutput(self._release(final=False), triggers)
+
+    def flush(self) -> EventOutput:
+        """End of stream: release everything still held."""
+        return EventOutput(self._release(final=True), TriggerTable.empty())
+
+    @property
+    def held_pixels(self) -> int:
+        """Pixels waiting for their event to complete."""
+        return len(self._held)

@@ -1,0 +1,271 @@
+"""Benchmark: clustering + centroids throughput (Mhits/s per core).
+
+Runs the same hits through
+  * ``fast``   tango-tpx connected components (sort check + label + centroids), one core;
+  * ``fast_unsorted`` the same after a local shuffle (readout disorder), including the sort;
+  * ``dbscan`` pymepix's DBSCAN mode (scikit-learn) on a subsample, scaled per hit;
+  * ``rustpix`` (optional extra ``bench``) clustering the same hits written as a .tpx3 file,
+    with ``parallelism=1`` so that the figure is per core;
+and prints Mhits/s and the ratios to dbscan (the pymepix baseline). Numba is warmed up on a
+small input outside the timed regions. The last line printed is one JSON object.
+
+Hits come from the simulator (``tango_tpx.simulator.simulate``) when it is importable,
+otherwise from a clustered generator here with similar statistics (about 6 hits per particle
+within 3x3 pixels, ToT falling off from the centre, up to ~100 ns time-walk, 10% noise).
+
+    python benchmarks/cluster.py [--hits 10000000] [--dbscan-hits 100000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # per-core figures: no BLAS/OpenMP threads
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tango_tpx.processing.centroids import calculate_centroids  # noqa: E402
+from tango_tpx.tpx3.units import ns_to_units, units_to_ns  # noqa: E402
+
+# the 3x3 neighbourhood ordered by distance from the centre pixel
+_PATTERN = np.array([(0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (-1, -1), (1, -1)])
+
+
+def generate_events(n_hits: int, hits_per_trigger: int = 1000, noise_fraction: float = 0.1,
+                    window_ns: float = 1e6, seed: int = 0) -> dict[str, np.ndarray]:
+    """Clustered events sorted by (trigger_nr, tof): dict of trigger_nr, x, y, tof, tot, toa.
+
+    tof/toa: int64 fine units (25/4096 ns) quantised to the 1.5625 ns pixel step; tot: counts.
+    """
+    rng = np.random.default_rng(seed)
+    n_noise = int(n_hits * noise_fraction)
+    n_part = max(1, (n_hits - n_noise) // 6)
+    size = rng.integers(3, 10, n_part)  # 3..9 hits, mean 6
+    csum = np.cumsum(size)
+    keep = csum <= n_hits - n_noise
+    size = size[keep] if keep.any() else size[:1]
+    n_part = size.size
+    n_trig = max(1, n_hits // hits_per_trigger)
+    p_trig = np.sort(rng.integers(0, n_trig, n_part))
+    p_x = rng.uniform(2, 253, n_part)
+    p_y = rng.uniform(2, 253, n_part)
+    p_tof = rng.uniform(0.0, window_ns, n_part)
+    p_amp = rng.uniform(40, 300, n_part)
+    pid = np.repeat(np.arange(n_part), size)
+    k = np.arange(pid.size) - np.repeat(np.cumsum(size) - size, size)  # index within particle
+    flip = rng.integers(0, 2, (n_part, 2)) * 2 - 1
+    dx = _PATTERN[k, 0] * flip[pid, 0]
+    dy = _PATTERN[k, 1] * flip[pid, 1]
+    x = np.clip(np.rint(p_x[pid]).astype(np.int64) + dx, 0, 255)
+    y = np.clip(np.rint(p_y[pid]).astype(np.int64) + dy, 0, 255)
+    d2 = (x - p_x[pid]) ** 2 + (y - p_y[pid]) ** 2
+    tot = np.maximum(1, np.rint(p_amp[pid] * np.exp(-d2 / 1.2))).astype(np.int64)
+    walk_ns = 100.0 * np.exp(-(tot - 1) / 15.0)
+    t_ns = p_tof[pid] + walk_ns + rng.normal(0, 1.0, pid.size)
+    trig = p_trig[pid]
+    # noise
+    trig = np.concatenate([trig, rng.integers(0, n_trig, n_noise)])
+    x = np.concatenate([x, rng.integers(0, 256, n_noise)])
+    y = np.concatenate([y, rng.integers(0, 256, n_noise)])
+    tot = np.concatenate([tot, rng.integers(1, 30, n_noise)])
+    t_ns = np.concatenate([t_ns, rng.uniform(0, window_ns, n_noise)])
+    tof = ns_to_units(np.floor(np.maximum(t_ns, 0) / 1.5625) * 1.5625)
+    trig_time = np.arange(n_trig, dtype=np.int64) * ns_to_units(window_ns * 1.05)
+    order = np.lexsort((tof, trig))
+    out = dict(trigger_nr=trig[order].astype(np.int64), x=x[order].astype(np.uint16),
+               y=y[order].astype(np.uint16), tof=tof[order], tot=tot[order].astype(np.uint16))
+    out["toa"] = out["tof"] + trig_time[out["trigger_nr"]]
+    return out
+
+
+def simulated_events(n_hits: int, seed: int = 0):
+    """Events from the simulator's ground truth hits, or None when it is not available."""
+    try:
+        from tango_tpx.simulator import SimConfig, simulate
+    except ImportError:
+        return None
+    try:
+        # ~1 Mhit/s at 1 kHz: 1000 hits per trigger, like the generator
+        cfg = SimConfig(rate_mhits=1.0, duration_s=n_hits / 1e6, seed=seed, trigger_hz=1000.0)
+        _, truth = simulate(cfg)
+        hits, trig = truth.hits, np.asarray(truth.trigger_nr)
+        tr = truth.triggers
+        rising = np.asarray(tr.time)[(np.asarray(tr.channel) == 1) & np.asarray(tr.rising)]
+        ok = trig >= 0
+        tof = np.asarray(hits.toa)[ok] - rising[trig[ok]]
+        ev = dict(trigger_nr=trig[ok].astype(np.int64), x=np.asarray(hits.x)[ok], y=np.asarray(hits.y)[ok],
+                  tof=tof.astype(np.int64), tot=np.asarray(hits.tot)[ok], toa=np.asarray(hits.toa)[ok])
+        order = np.lexsort((ev["tof"], ev["trigger_nr"]))
+        return {k: v[order] for k, v in ev.items()}
+    except Exception as exc:  # the simulator is someone else's work in progress
+        print(f"simulator failed ({type(exc).__name__}: {exc}); using the local generator")
+        return None
+
+
+def local_shuffle(ev: dict, jitter_ns: float, seed: int = 1) -> dict:
+    """The same hits, reordered as a readout would: by toa plus up to ``jitter_ns`` of delay."""
+    rng = np.random.default_rng(seed)
+    key = ev["toa"] + ns_to_units(rng.uniform(0, jitter_ns, ev["toa"].size))
+    order = np.argsort(key, kind="stable")
+    return {k: v[order] for k, v in ev.items()}
+
+
+def subsample_triggers(ev: dict, n_hits: int) -> dict:
+    """The first whole triggers holding about ``n_hits`` hits."""
+    if ev["tof"].size <= n_hits:
+        return ev
+    last = ev["trigger_nr"][n_hits]
+    stop = int(np.searchsorted(ev["trigger_nr"], last, side="left"))
+    stop = max(stop, 1)
+    return {k: v[:stop] for k, v in ev.items()}
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    best = float("inf")
+    result = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def write_tpx3(path: Path, ev: dict) -> int:
+    """Write the hits (time-ordered by toa) as an ASI .tpx3 file: chunks of b'TPX3', chip
+    byte, mode byte, uint16 size in bytes, then pixel words. Returns the number of hits."""
+    order = np.argsort(ev["toa"], kind="stable")
+    x = ev["x"][order].astype(np.uint64)
+    y = ev["y"][order].astype(np.uint64)
+    toa = ev["toa"][order]
+    tot = ev["tot"][order].astype(np.uint64)
+    try:
+        from tango_tpx.tpx3.encode import encode_pixels
+        words = np.asarray(encode_pixels(x, y, toa, tot), dtype=np.uint64)
+    except ImportError:
+        words = _encode_pixels_local(x, y, toa, tot)
+    chunk = 8000  # words per chunk: 64000 bytes fits the uint16 size field
+    with open(path, "wb") as f:
+        for s in range(0, words.size, chunk):
+            part = words[s:s + chunk]
+            f.write(b"TPX3" + bytes([0, 0]) + int(part.nbytes).to_bytes(2, "little"))
+            f.write(part.astype("<u8").tobytes())
+    return int(words.size)
+
+
+def _encode_pixels_local(x, y, toa, tot) -> np.ndarray:
+    """Pixel words per the data spec (used only when the simulator's encoder is missing)."""
+    coarse = (toa + 4095) >> 12  # ceil to a 25 ns tick, then the fine part counts down
+    col = (x // 2) % 16
+    k = np.where(col == 0, 16, col).astype(np.int64)
+    ftoa = ((coarse << 12) + (k << 8) - toa) >> 8
+    ftoa = np.clip(ftoa, 0, 15).astype(np.uint64)
+    coarse = coarse.astype(np.uint64)
+    dcol = (x // 2) * 2
+    spix = (y // 4) * 4
+    pix = (x & 1) * 4 + (y & 3)
+    data = ((coarse & np.uint64(0x3FFF)) << np.uint64(14)) | ((tot & np.uint64(0x3FF)) << np.uint64(4)) | ftoa
+    spidr = (coarse >> np.uint64(14)) & np.uint64(0xFFFF)
+    return ((np.uint64(0xB) << np.uint64(60)) | (dcol << np.uint64(52)) | (spix << np.uint64(45))
+            | (pix << np.uint64(44)) | (data << np.uint64(16)) | spidr)
+
+
+def bench_rustpix(ev: dict, repeat: int) -> dict | None:
+    try:
+        import rustpix
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.tpx3"
+        n = write_tpx3(path, ev)
+        cfg = rustpix.ClusteringConfig(radius=1.5, temporal_window_ns=200.0, min_cluster_size=3)
+        out = {}
+        for algo in ("abs", "graph"):
+            def run():
+                res = rustpix.process_tpx3_neutrons(str(path), clustering_config=cfg, algorithm=algo,
+                                                    collect=True, parallelism=1)
+                return len(res.to_numpy()["x"])
+            try:
+                run()  # warm the page cache
+                dt, found = timed(run, repeat)
+            except Exception as exc:
+                print(f"rustpix {algo} failed: {type(exc).__name__}: {exc}")
+                continue
+            out[algo] = dict(seconds=dt, mhits_s=n / dt / 1e6, clusters=int(found))
+        return out or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hits", type=int, default=10_000_000)
+    ap.add_argument("--dbscan-hits", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-rustpix", action="store_true")
+    a = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    ev = simulated_events(a.hits, a.seed)
+    source = "simulator"
+    if ev is None:
+        ev = generate_events(a.hits, seed=a.seed)
+        source = "generator"
+    n = int(ev["tof"].size)
+    print(f"{n} hits from the {source} ({time.perf_counter() - t0:.1f} s to make)")
+    shuffled = local_shuffle(ev, jitter_ns=300.0)
+
+    # warm numba (compile or load the cache) outside the timed regions
+    small = subsample_triggers(ev, 5000)
+    calculate_centroids(small)
+    calculate_centroids(local_shuffle(small, 300.0))
+    calculate_centroids(subsample_triggers(ev, 500), algorithm="dbscan")
+
+    fields = ("trigger_nr", "x", "y", "tof", "tot")
+    dt_fast, cen = timed(lambda: calculate_centroids({k: ev[k] for k in fields}), a.repeat)
+    dt_uns, cen_u = timed(lambda: calculate_centroids({k: shuffled[k] for k in fields}), a.repeat)
+    same = bool(np.array_equal(cen.tof, cen_u.tof) and np.array_equal(cen.x, cen_u.x))
+    sub = subsample_triggers(ev, a.dbscan_hits)
+    n_sub = int(sub["tof"].size)
+    dt_db, cen_db = timed(lambda: calculate_centroids({k: sub[k] for k in fields}, algorithm="dbscan"), 1)
+    dt_fast_sub, cen_fs = timed(lambda: calculate_centroids({k: sub[k] for k in fields}), a.repeat)
+
+    fast = n / dt_fast / 1e6
+    unsorted = n / dt_uns / 1e6
+    dbscan = n_sub / dt_db / 1e6
+    res = dict(source=source, hits=n, fast_mhits_s=round(fast, 2), fast_unsorted_mhits_s=round(unsorted, 2),
+               dbscan_mhits_s=round(dbscan, 4), dbscan_hits=n_sub,
+               ratio_fast_vs_dbscan=round(fast / dbscan, 1),
+               ratio_unsorted_vs_dbscan=round(unsorted / dbscan, 1),
+               clusters_fast=int(len(cen)), clusters_dbscan_sub=int(len(cen_db)),
+               clusters_fast_sub=int(len(cen_fs)), unsorted_same_result=same,
+               target_fast_25=bool(fast >= 25), target_ratio_80=bool(fast / dbscan >= 80))
+    print(f"{'mode':<16}{'hits':>12}{'seconds':>10}{'Mhits/s/core':>14}{'x dbscan':>10}")
+    print(f"{'fast':<16}{n:>12}{dt_fast:>10.3f}{fast:>14.2f}{fast / dbscan:>10.1f}")
+    print(f"{'fast unsorted':<16}{n:>12}{dt_uns:>10.3f}{unsorted:>14.2f}{unsorted / dbscan:>10.1f}")
+    print(f"{'dbscan':<16}{n_sub:>12}{dt_db:>10.3f}{dbscan:>14.4f}{1.0:>10.1f}")
+    if not a.no_rustpix:
+        rp = bench_rustpix(ev, a.repeat)
+        if rp is None:
+            print("rustpix: not installed (pip install tango-tpx[bench])")
+        else:
+            for algo, r in rp.items():
+                print(f"{'rustpix ' + algo:<16}{n:>12}{r['seconds']:>10.3f}{r['mhits_s']:>14.2f}"
+                      f"{r['mhits_s'] / dbscan:>10.1f}   (incl. file read + decode)")
+                res[f"rustpix_{algo}_mhits_s"] = round(r["mhits_s"], 2)
+                res[f"ratio_fast_vs_rustpix_{algo}"] = round(fast / r["mhits_s"], 2)
+                res[f"clusters_rustpix_{algo}"] = r["clusters"]
+    print(f"clusters: fast {len(cen)}, dbscan on the subsample {len(cen_db)} vs fast {len(cen_fs)}; "
+          f"unsorted input gives the same result: {same}")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

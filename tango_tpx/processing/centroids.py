@@ -1,0 +1,501 @@
+"""Centroids of Timepix3 clusters (pymepix ``CentroidCalculator`` equivalent).
+
+Input: events (:class:`tango_tpx.processing.events.Events` or any object/mapping with the
+fields ``trigger_nr`` (int), ``x``, ``y`` (pixels), ``tof`` (int64 fine units of 25/4096 ns)
+and ``tot`` (ToT counts of 25 ns)).
+
+Per cluster (hits with ``tot > tot_threshold`` only):
+    trigger_nr, x = sum(x*tot)/sum(tot), y likewise (float32 pixels), tof likewise (int64 fine
+    units, rounded to the nearest unit, optionally time-walk corrected by the table entry of
+    tot_max), tot_sum (uint32 counts), tot_avg (float32 counts), tot_max (uint16 counts),
+    size (uint32 hits). Output sorted by (trigger_nr, tof).
+
+Two clustering algorithms:
+    ``'fast'`` (default) spatio-temporal connected components (:mod:`.clustering`), O(n).
+    ``'dbscan'`` scikit-learn DBSCAN exactly as pymepix: features
+    ``[trigger*eps*1000, x, y, tof_s * 1.7e7]``, ``eps=2.0``, ``min_samples=3``, run over
+    chunks of whole triggers (pymepix's ``chunk_size_limit`` of 6500 hits); noise dropped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from tango_tpx.processing.clustering import (
+    DEFAULT_MIN_CLUSTER_SIZE,
+    DEFAULT_RADIUS,
+    DEFAULT_TIME_WINDOW_NS,
+    _check_coords,
+    _check_params,
+    _frame_size,
+    _insertion_order,
+    _is_sorted,
+    drop_small_clusters,
+    label_sorted,
+    renumber_first_appearance,
+    sort_order,
+)
+from tango_tpx.processing.timewalk import lut_to_units
+from tango_tpx.tpx3.hits import _SoA
+from tango_tpx.tpx3.units import UNIT_NS
+
+#: pymepix scales ToF (s) by this before DBSCAN: eps=2 then spans 2/1.7e7 s = 117.6 ns.
+DBSCAN_TOF_SCALE: float = 1.7e7
+#: pymepix's DBSCAN defaults.
+DBSCAN_EPS: float = 2.0
+DBSCAN_MIN_SAMPLES: int = 3
+#: pymepix runs DBSCAN on chunks of whole triggers of about this many hits.
+DBSCAN_CHUNK_HITS: int = 6500
+ALGORITHMS = ("fast", "dbscan")
+
+
+@dataclass
+class Centroids(_SoA):
+    """Cluster centroids, sorted by (trigger_nr, tof).
+
+    trigger_nr: int64 global event number; x, y: float32 ToT-weighted mean position, pixels;
+    tof: int64 ToT-weighted mean time of flight, fine units of 25/4096 ns (time-walk corrected
+    when a table is given); tot_sum: uint32 summed ToT, counts of 25 ns; tot_avg: float32 mean
+    ToT, counts; tot_max: uint16 largest ToT, counts; size: uint32 number of hits.
+    """
+
+    trigger_nr: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    tof: np.ndarray
+    tot_sum: np.ndarray
+    tot_avg: np.ndarray
+    tot_max: np.ndarray
+    size: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int = 0) -> "Centroids":
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32),
+                   np.zeros(n, np.int64), np.zeros(n, np.uint32), np.zeros(n, np.float32),
+                   np.zeros(n, np.uint16), np.zeros(n, np.uint32))
+
+
+# ----------------------------------------------------------------------------------------
+# numba kernels
+# ----------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True)
+def _accumulate(labels, n_clusters, trig, x, y, t, tot, tw_units, out_trig, out_x, out_y,
+                out_t, out_tsum, out_tavg, out_tmax, out_size):
+    """Per-cluster ToT-weighted means of hits in (trig, t) order; labels -1 are skipped.
+
+    Integer sums are exact; t is averaged relative to the cluster's first hit so that the
+    int64 products cannot overflow. A cluster with zero summed ToT gets unweighted means.
+    ``tw_units`` (int64 fine units per ToT bin, empty = none) corrects tof by tot_max.
+    """
+    k = n_clusters
+    sx = np.zeros(k, np.int64)
+    sy = np.zeros(k, np.int64)
+    st = np.zeros(k, np.int64)
+    ux = np.zeros(k, np.int64)
+    uy = np.zeros(k, np.int64)
+    ut = np.zeros(k, np.int64)
+    t0 = np.zeros(k, np.int64)
+    tsum = np.zeros(k, np.int64)
+    tmax = np.zeros(k, np.int64)
+    size = np.zeros(k, np.int64)
+    for i in range(labels.size):
+        c = labels[i]
+        if c < 0:
+            continue
+        w = np.int64(tot[i])
+        if size[c] == 0:
+            t0[c] = t[i]
+            out_trig[c] = trig[i]
+        dt = t[i] - t0[c]
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        sx[c] += xi * w
+        sy[c] += yi * w
+        st[c] += dt * w
+        ux[c] += xi
+        uy[c] += yi
+        ut[c] += dt
+        tsum[c] += w
+        if w > tmax[c]:
+            tmax[c] = w
+        size[c] += 1
+    nlut = tw_units.size
+    for c in range(k):
+        if tsum[c] > 0:
+            wsum = tsum[c]
+            nx, ny, nt = sx[c], sy[c], st[c]
+        else:
+            wsum = size[c]
+            nx, ny, nt = ux[c], uy[c], ut[c]
+        out_x[c] = nx / wsum
+        out_y[c] = ny / wsum
+        # round half up; floor division is exact for negative numerators too
+        tof = t0[c] + (2 * nt + wsum) // (2 * wsum)
+        if nlut > 0:
+            b = tmax[c] - 1
+            if b < 0:
+                b = 0
+            elif b >= nlut:
+                b = nlut - 1
+            tof -= tw_units[b]
+        out_t[c] = tof
+        out_tsum[c] = tsum[c]
+        out_tavg[c] = tsum[c] / size[c]
+        out_tmax[c] = tmax[c]
+        out_size[c] = size[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(order, trig, x, y, t, tot):
+    n = order.size
+    a = np.empty(n, trig.dtype)
+    b = np.empty(n, x.dtype)
+    c = np.empty(n, y.dtype)
+    d = np.empty(n, t.dtype)
+    e = np.empty(n, tot.dtype)
+    for i in range(n):
+        j = order[i]
+        a[i] = trig[j]
+        b[i] = x[j]
+        c[i] = y[j]
+        d[i] = t[j]
+        e[i] = tot[j]
+    return a, b, c, d, e
+
+
+def _centroids_from_labels(labels, n_clusters, trig, x, y, t, tot, tw_units) -> Centroids:
+    cen = Centroids.empty(n_clusters)
+    _accumulate(labels, n_clusters, trig, x, y, t, tot, tw_units, cen.trigger_nr, cen.x, cen.y,
+                cen.tof, cen.tot_sum, cen.tot_avg, cen.tot_max, cen.size)
+    if n_clusters > 1 and not _is_sorted(cen.trigger_nr, cen.tof):
+        order, ok = _insertion_order(cen.trigger_nr, cen.tof, 16 * n_clusters + 1024)
+        if not ok:
+            order = np.lexsort((cen.tof, cen.trigger_nr))
+        cen = cen.take(order)
+    return cen
+
+
+# ----------------------------------------------------------------------------------------
+# input handling
+# ----------------------------------------------------------------------------------------
+def _field(events, name: str) -> np.ndarray:
+    if isinstance(events, Mapping):
+        value = events[name]
+    else:
+        value = getattr(events, name)
+    return np.asarray(value)
+
+
+def _event_arrays(events) -> tuple[np.ndarray, ...]:
+    """(trigger_nr int64, x, y, tof int64, tot) from an Events-like object, validated."""
+    try:
+        trig, x, y, tof, tot = (_field(events, n) for n in ("trigger_nr", "x", "y", "tof", "tot"))
+    except (KeyError, AttributeError) as exc:
+        raise TypeError("events need the fields trigger_nr, x, y, tof (fine units), tot (counts)") from exc
+    n = tof.size
+    for name, a in (("trigger_nr", trig), ("x", x), ("y", y), ("tot", tot)):
+        if a.size != n:
+            raise ValueError(f"events field {name} has {a.size} values, tof has {n}")
+    for name, a in (("trigger_nr", trig), ("tof", tof), ("tot", tot)):
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"events field {name} must be integer, got dtype {a.dtype} "
+                             "(tof in int64 fine units of 25/4096 ns, tot in ToT counts)")
+    if tot.size and int(tot.min()) < 0:
+        raise ValueError("events field tot must be >= 0 (ToT counts)")
+    _check_coords(x, y)
+    return (trig.astype(np.int64, copy=False), x, y, tof.astype(np.int64, copy=False), tot)
+
+
+def _sorted_arrays(events):
+    trig, x, y, tof, tot = _event_arrays(events)
+    order = sort_order(trig, tof)
+    if order is not None:
+        trig, x, y, tof, tot = _gather(order, trig, x, y, tof, tot)
+    return trig, x, y, tof, tot
+
+
+def _tw_units(lut) -> np.ndarray:
+    if lut is None:
+        return np.zeros(0, np.int64)
+    return lut_to_units(lut)
+
+
+# ----------------------------------------------------------------------------------------
+# the two algorithms on sorted arrays
+# ----------------------------------------------------------------------------------------
+def _fast_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, radius, window,
+                 tw_units) -> Centroids:
+    labels, ncl = label_sorted(trig, x, y, tof, tot, int(tot_threshold), radius, window,
+                               _frame_size(x), _frame_size(y))
+    if min_cluster_size > 1:
+        labels, ncl = drop_small_clusters(labels, ncl, int(min_cluster_size))
+    return _centroids_from_labels(labels, ncl, trig, x, y, tof, tot, tw_units)
+
+
+def dbscan_labels(trig, x, y, tof, *, eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,
+                  chunk_hits: int = DBSCAN_CHUNK_HITS) -> np.ndarray:
+    """pymepix's DBSCAN labels (-1 noise) for hits sorted by trigger_nr.
+
+    Features ``[(trigger - first)*eps*1000, x, y, tof_s * 1.7e7]`` (tof in fine units here,
+    converted to s), run on chunks of whole triggers of about ``chunk_hits`` hits. Labels are
+    unique over the whole input.
+    """
+    from sklearn.cluster import DBSCAN
+
+    n = tof.size
+    labels = np.full(n, -1, np.int64)
+    if n == 0:
+        return labels
+    starts = np.flatnonzero(np.r_[True, trig[1:] != trig[:-1]])
+    bounds = [0]
+    acc_start = 0
+    for s in starts[1:]:
+        if s - acc_start >= chunk_hits:
+            bounds.append(int(s))
+            acc_start = s
+    bounds.append(n)
+    offset = 0
+    scale = UNIT_NS * 1e-9 * DBSCAN_TOF_SCALE
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        feats = np.column_stack(((trig[a:b] - trig[a]).astype(np.float64) * (eps * 1000.0),
+                                 x[a:b].astype(np.float64), y[a:b].astype(np.float64),
+                                 tof[a:b].astype(np.float64) * scale))
+        lab = DBSCAN(eps=eps, min_samples=min_samples, metric="euclidean", n_jobs=1).fit(feats).labels_
+        lab = lab.astype(np.int64)
+        good = lab >= 0
+        lab[good] += offset
+        labels[a:b] = lab
+        if good.any():
+            offset = int(lab[good].max()) + 1
+    return labels
+
+
+def _dbscan_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, eps, min_samples,
+                   chunk_hits, tw_units) -> Centroids:
+    keep = tot > tot_threshold
+    if not keep.all():
+        trig, x, y, tof, tot = trig[keep], x[keep], y[keep], tof[keep], tot[keep]
+    labels = dbscan_labels(trig, x, y, tof, eps=eps, min_samples=min_samples, chunk_hits=chunk_hits)
+    labels, ncl = renumber_first_appearance(labels)
+    if min_cluster_size > 1:
+        labels, ncl = drop_small_clusters(labels, ncl, int(min_cluster_size))
+    return _centroids_from_labels(labels, ncl, trig, x, y, tof, tot, tw_units)
+
+
+def _run_sorted(arrays, params: dict) -> Centroids:
+    trig, x, y, tof, tot = arrays
+    tw = params["tw_units"]
+    if params["algorithm"] == "fast":
+        return _fast_sorted(trig, x, y, tof, tot, tot_threshold=params["tot_threshold"],
+                            min_cluster_size=params["min_cluster_size"], radius=params["radius"],
+                            window=params["window"], tw_units=tw)
+    return _dbscan_sorted(trig, x, y, tof, tot, tot_threshold=params["tot_threshold"],
+                          min_cluster_size=params["min_cluster_size"], eps=params["eps"],
+                          min_samples=params["min_samples"], chunk_hits=params["chunk_hits"],
+                          tw_units=tw)
+
+
+def _make_params(algorithm, tot_threshold, min_cluster_size, radius, time_window_ns,
+                 cent_timewalk_lut, eps, min_samples, chunk_hits) -> dict:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if min_cluster_size is None:
+        min_cluster_size = DEFAULT_MIN_CLUSTER_SIZE if algorithm == "fast" else 1
+    radius, window = _check_params(radius, time_window_ns, tot_threshold, min_cluster_size)
+    if not (eps > 0 and np.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if int(min_samples) != min_samples or min_samples < 1:
+        raise ValueError(f"min_samples must be an integer >= 1, got {min_samples!r}")
+    if int(chunk_hits) != chunk_hits or chunk_hits < 1:
+        raise ValueError(f"chunk_size_limit must be an integer >= 1, got {chunk_hits!r}")
+    return dict(algorithm=algorithm, tot_threshold=int(tot_threshold),
+                min_cluster_size=int(min_cluster_size), radius=radius, window=window,
+                tw_units=_tw_units(cent_timewalk_lut), eps=float(eps),
+                min_samples=int(min_samples), chunk_hits=int(chunk_hits))
+
+
+def calculate_centroids(events, algorithm: str = "fast", tot_threshold: int = 0,
+                        min_cluster_size: int | None = None, radius: int = DEFAULT_RADIUS,
+                        time_window_ns: float = DEFAULT_TIME_WINDOW_NS, cent_timewalk_lut=None,
+                        eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,
+                        chunk_size_limit: int = DBSCAN_CHUNK_HITS) -> Centroids:
+    """Cluster the hits of ``events`` and return their centroids, sorted by (trigger_nr, tof).
+
+    algorithm: ``'fast'`` (connected components: ``radius`` pixels, ``time_window_ns`` ns) or
+    ``'dbscan'`` (pymepix: ``eps``, ``min_samples`` on ``[x, y, tof_s*1.7e7]`` per trigger).
+    tot_threshold: keep hits with ``tot > tot_threshold`` (ToT counts).
+    min_cluster_size: drop clusters with fewer hits; ``None`` = 3 for 'fast', 1 for 'dbscan'
+    (pymepix keeps every DBSCAN cluster). cent_timewalk_lut: table in ns per ToT bin
+    (:mod:`.timewalk`), subtracted from the centroid tof by its tot_max.
+    """
+    params = _make_params(algorithm, tot_threshold, min_cluster_size, radius, time_window_ns,
+                          cent_timewalk_lut, eps, min_samples, chunk_size_limit)
+    arrays = _sorted_arrays(events)
+    if arrays[3].size == 0:
+        return Centroids.empty()
+    return _run_sorted(arrays, params)
+
+
+# ----------------------------------------------------------------------------------------
+# pymepix-style calculator with a process pool
+# ----------------------------------------------------------------------------------------
+def _pool_worker(arrays, params) -> Centroids:
+    return _run_sorted(arrays, params)
+
+
+def split_at_triggers(trig: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Split hits sorted by trigger_nr into up to ``parts`` (start, stop) ranges of about
+    equal size whose boundaries fall between triggers (an event is never split)."""
+    n = trig.size
+    if n == 0 or parts <= 1:
+        return [(0, n)]
+    bounds = [0]
+    for k in range(1, parts):
+        target = (n * k) // parts
+        if target <= bounds[-1]:
+            continue
+        # move the cut forward to the start of the next trigger
+        cut = int(np.searchsorted(trig, trig[target], side="left"))
+        if cut <= bounds[-1]:
+            cut = int(np.searchsorted(trig, trig[target], side="right"))
+        if bounds[-1] < cut < n:
+            bounds.append(cut)
+    bounds.append(n)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+_PYMEPIX_ARGS = {"epsilon", "min_samples", "tot_threshold", "triggers_processed",
+                 "cs_sensor_size", "cs_min_cluster_size", "cs_max_dist_tof", "cs_tot_offset",
+                 "chunk_size_limit", "radius", "time_window_ns", "min_cluster_size"}
+
+
+class CentroidCalculator:
+    """Clustering + centroids with pymepix's name and parameters.
+
+    cent_timewalk_lut: centroid time-walk table (ns per ToT bin, see :mod:`.timewalk`; pymepix's
+    is scaled by 1e3, ours is not). number_of_processes: > 1 splits the events at trigger
+    boundaries over a process pool (``mp_context``, default ``'forkserver'`` where available,
+    else ``'spawn'``); the output is identical for any number. clustering_args: pymepix keys
+    ``epsilon``, ``min_samples``, ``tot_threshold``, ``triggers_processed`` (process every n-th
+    trigger of a batch), ``cs_min_cluster_size``, ``cs_max_dist_tof`` (s, the fast window),
+    ``chunk_size_limit``; and ours ``radius``, ``time_window_ns``, ``min_cluster_size``
+    (``cs_sensor_size``, ``cs_tot_offset`` are accepted and ignored). The dict is not modified.
+    dbscan_clustering: pymepix's DBSCAN instead of the fast algorithm (pymepix's default is
+    True, ours False). tot_threshold: keep hits with ``tot > tot_threshold`` (ToT counts).
+
+    Use as a context manager or call :meth:`close` to stop the worker processes.
+    """
+
+    def __init__(self, cent_timewalk_lut=None, number_of_processes: int = 1,
+                 clustering_args: dict | None = None, dbscan_clustering: bool = False,
+                 tot_threshold: int | None = None, min_cluster_size: int | None = None,
+                 radius: int | None = None, time_window_ns: float | None = None,
+                 mp_context: str | None = None, min_hits_per_process: int = 20000) -> None:
+        args = dict(clustering_args or {})
+        unknown = set(args) - _PYMEPIX_ARGS
+        if unknown:
+            raise ValueError(f"unknown clustering_args {sorted(unknown)}; known: {sorted(_PYMEPIX_ARGS)}")
+        self.epsilon = float(args.get("epsilon", DBSCAN_EPS))
+        self.min_samples = int(args.get("min_samples", DBSCAN_MIN_SAMPLES))
+        self.tot_threshold = int(tot_threshold if tot_threshold is not None else args.get("tot_threshold", 0))
+        self.triggers_processed = int(args.get("triggers_processed", 1))
+        if self.triggers_processed < 1:
+            raise ValueError("triggers_processed must be >= 1")
+        mcs = min_cluster_size if min_cluster_size is not None else args.get(
+            "min_cluster_size", args.get("cs_min_cluster_size"))
+        self.min_cluster_size = None if mcs is None else int(mcs)
+        self.radius = int(radius if radius is not None else args.get("radius", DEFAULT_RADIUS))
+        if time_window_ns is None:
+            time_window_ns = args.get("time_window_ns")
+        if time_window_ns is None and "cs_max_dist_tof" in args:
+            time_window_ns = float(args["cs_max_dist_tof"]) * 1e9
+        self.time_window_ns = float(DEFAULT_TIME_WINDOW_NS if time_window_ns is None else time_window_ns)
+        self.chunk_size_limit = int(args.get("chunk_size_limit", DBSCAN_CHUNK_HITS))
+        self.dbscan_clustering = bool(dbscan_clustering)
+        self.cent_timewalk_lut = cent_timewalk_lut
+        self.min_hits_per_process = int(min_hits_per_process)
+        if mp_context is None:
+            mp_context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self._mp_context = mp_context
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
+        self.number_of_processes = number_of_processes
+        self._params()  # validate now, not at the first batch
+
+    @property
+    def number_of_processes(self) -> int:
+        return self._number_of_processes
+
+    @number_of_processes.setter
+    def number_of_processes(self, n: int) -> None:
+        if int(n) != n or n < 1:
+            raise ValueError(f"number_of_processes must be an integer >= 1, got {n!r}")
+        self._number_of_processes = int(n)
+
+    @property
+    def algorithm(self) -> str:
+        return "dbscan" if self.dbscan_clustering else "fast"
+
+    def _params(self) -> dict:
+        return _make_params(self.algorithm, self.tot_threshold, self.min_cluster_size, self.radius,
+                            self.time_window_ns, self.cent_timewalk_lut, self.epsilon,
+                            self.min_samples, self.chunk_size_limit)
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None or self._pool_size != self._number_of_processes:
+            self.close()
+            ctx = multiprocessing.get_context(self._mp_context)
+            self._pool = ProcessPoolExecutor(max_workers=self._number_of_processes, mp_context=ctx)
+            self._pool_size = self._number_of_processes
+        return self._pool
+
+    def _skip_triggers(self, arrays):
+        if self.triggers_processed == 1:
+            return arrays
+        trig = arrays[0]
+        trig_index = np.cumsum(np.r_[True, trig[1:] != trig[:-1]]) - 1
+        mask = trig_index % self.triggers_processed == 0
+        return tuple(a[mask] for a in arrays)
+
+    def process(self, events) -> Centroids:
+        """Centroids of one batch of events (sorted by trigger_nr, tof). ``None`` -> empty."""
+        if events is None:
+            return Centroids.empty()
+        params = self._params()
+        arrays = self._skip_triggers(_sorted_arrays(events))
+        n = arrays[3].size
+        if n == 0:
+            return Centroids.empty()
+        parts = min(self._number_of_processes, max(1, n // max(self.min_hits_per_process, 1)))
+        if parts <= 1:
+            return _run_sorted(arrays, params)
+        ranges = split_at_triggers(arrays[0], parts)
+        if len(ranges) == 1:
+            return _run_sorted(arrays, params)
+        pool = self._get_pool()
+        futures = [pool.submit(_pool_worker, tuple(a[s:e] for a in arrays), params) for s, e in ranges]
+        return Centroids.concat([f.result() for f in futures])
+
+    def close(self) -> None:
+        """Shut the worker processes down (they are restarted by the next parallel batch)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "CentroidCalculator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,288 @@
+"""Fast spatio-temporal clustering of Timepix3 hits (connected components in numba).
+
+Definition: two hits are *connected* when they belong to the same trigger (event), their
+pixels are within ``radius`` in x and in y (``radius=1``: the 8-neighbourhood plus the pixel
+itself) and their times differ by at most ``time_window``. A cluster is a connected
+component of that graph (transitive: a chain of hits each within the window of the next).
+
+Algorithm (O(n), one pass): hits are visited in (trigger_nr, time) order. A map
+``last[y, x]`` holds the index of the latest hit seen at each pixel. For hit ``i`` the
+``(2r+1)^2`` neighbouring map cells give, per pixel, the latest earlier hit ``j``; it is
+connected to ``i`` when it lies in the current trigger's run and ``t[i] - t[j] <= window``.
+Only the latest hit per pixel needs checking: if it is outside the window so are all earlier
+ones at that pixel, and earlier ones inside the window are already connected to it (same
+pixel). Components are merged with union-find (path halving, the earliest hit is the root),
+so labels come out numbered in order of each cluster's first hit.
+
+Input order: the stream is only locally out of order, so sorting first checks whether the
+hits are already in (trigger_nr, time) order (the normal case for events from the
+:class:`PacketProcessor`); otherwise a bounded insertion sort (cheap for local disorder) is
+tried and, if the disorder is large, a stable ``numpy.lexsort`` is used. Every sort is
+stable, so the result is the same whichever path is taken.
+
+Units: times are int64 fine units of 25/4096 ns; ``time_window_ns`` is in ns; x, y in pixels;
+ToT in counts of 25 ns.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from tango_tpx.tpx3.units import ns_to_units
+
+#: Default largest time gap between two touching hits of one cluster, ns. A particle's hits
+#: spread a few ns, plus up to ~100 ns of time-walk for the smallest ToT.
+DEFAULT_TIME_WINDOW_NS: float = 200.0
+#: Default neighbourhood half-width in pixels (1 = 8-neighbourhood).
+DEFAULT_RADIUS: int = 1
+#: Default smallest cluster kept by the fast algorithm (pymepix's cs_min_cluster_size).
+DEFAULT_MIN_CLUSTER_SIZE: int = 3
+#: Largest pixel coordinate accepted (the per-pixel map is sized by the largest x and y).
+MAX_COORD: int = 4095
+
+
+# ----------------------------------------------------------------------------------------
+# ordering
+# ----------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True)
+def _is_sorted(trig: np.ndarray, t: np.ndarray) -> bool:
+    """True when (trig, t) is lexicographically non-decreasing."""
+    for i in range(1, t.size):
+        if trig[i] < trig[i - 1] or (trig[i] == trig[i - 1] and t[i] < t[i - 1]):
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _insertion_order(trig: np.ndarray, t: np.ndarray, budget: int):
+    """Stable insertion sort of indices by (trig, t), giving up after ``budget`` moves.
+
+    Returns (order, ok). Linear for a stream that is only locally out of order.
+    """
+    n = t.size
+    order = np.arange(n)
+    kt = trig.astype(np.int64)
+    kv = t.astype(np.int64)
+    moves = 0
+    for i in range(1, n):
+        ct = kt[i]
+        cv = kv[i]
+        ci = order[i]
+        j = i - 1
+        while j >= 0 and (kt[j] > ct or (kt[j] == ct and kv[j] > cv)):
+            kt[j + 1] = kt[j]
+            kv[j + 1] = kv[j]
+            order[j + 1] = order[j]
+            j -= 1
+            moves += 1
+        kt[j + 1] = ct
+        kv[j + 1] = cv
+        order[j + 1] = ci
+        if moves > budget:
+            return order, False
+    return order, True
+
+
+def sort_order(trigger_nr: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """Stable permutation that sorts hits by (trigger_nr, t), or ``None`` if already sorted.
+
+    trigger_nr: integer event numbers; t: int64 times (fine units). Exploits local disorder:
+    a sortedness check, then a bounded insertion sort (at most ~16 moves per hit), then a
+    stable ``numpy.lexsort`` for heavily shuffled input.
+    """
+    trigger_nr = np.asarray(trigger_nr)
+    t = np.asarray(t)
+    if t.size < 2 or _is_sorted(trigger_nr, t):
+        return None
+    order, ok = _insertion_order(trigger_nr, t, 16 * t.size + 1024)
+    if ok:
+        return order
+    return np.lexsort((t, trigger_nr))
+
+
+# ----------------------------------------------------------------------------------------
+# labelling
+# ----------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, inline="always")
+def _find(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def label_sorted(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray,
+                 tot: np.ndarray, tot_threshold: int, radius: int, window: int,
+                 width: int, height: int):
+    """Connected-component labels of hits already sorted by (trig, t).
+
+    Hits with ``tot <= tot_threshold`` (ToT counts) are left out (label -1). ``window`` is
+    in fine units (25/4096 ns), ``radius`` in pixels; x < width, y < height.
+    Returns (labels int64, n_clusters); labels are 0.. in order of each cluster's first hit.
+    """
+    n = t.size
+    parent = np.empty(n, np.int64)
+    last = np.full((height, width), -1, np.int64)
+    seg_start = 0
+    for i in range(n):
+        if i > 0 and trig[i] != trig[i - 1]:
+            seg_start = i
+        if tot[i] <= tot_threshold:
+            parent[i] = -1
+            continue
+        parent[i] = i
+        root = i
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        ti = t[i]
+        y0 = max(yi - radius, 0)
+        y1 = min(yi + radius + 1, height)
+        x0 = max(xi - radius, 0)
+        x1 = min(xi + radius + 1, width)
+        for yy in range(y0, y1):
+            for xx in range(x0, x1):
+                j = last[yy, xx]
+                if j >= seg_start and ti - t[j] <= window:
+                    rj = _find(parent, j)
+                    if rj != root:
+                        if rj < root:
+                            parent[root] = rj
+                            root = rj
+                        else:
+                            parent[rj] = root
+        last[yi, xi] = i
+    labels = np.empty(n, np.int64)
+    n_clusters = 0
+    for i in range(n):
+        if parent[i] < 0:
+            labels[i] = -1
+            continue
+        r = _find(parent, i)
+        if r == i:
+            labels[i] = n_clusters
+            n_clusters += 1
+        else:
+            labels[i] = labels[r]
+    return labels, n_clusters
+
+
+@numba.njit(cache=True, nogil=True)
+def drop_small_clusters(labels: np.ndarray, n_clusters: int, min_size: int):
+    """Relabel so that clusters with fewer than ``min_size`` hits become -1.
+
+    Keeps the remaining labels consecutive and in their original order.
+    Returns (labels int64, n_clusters).
+    """
+    size = np.zeros(n_clusters, np.int64)
+    for i in range(labels.size):
+        if labels[i] >= 0:
+            size[labels[i]] += 1
+    new = np.empty(n_clusters, np.int64)
+    k = 0
+    for c in range(n_clusters):
+        if size[c] >= min_size:
+            new[c] = k
+            k += 1
+        else:
+            new[c] = -1
+    out = np.empty(labels.size, np.int64)
+    for i in range(labels.size):
+        out[i] = new[labels[i]] if labels[i] >= 0 else -1
+    return out, k
+
+
+@numba.njit(cache=True, nogil=True)
+def renumber_first_appearance(labels: np.ndarray):
+    """Renumber non-negative labels 0.. in order of first appearance (-1 stays -1).
+
+    Returns (labels int64, n_clusters).
+    """
+    top = -1
+    for i in range(labels.size):
+        if labels[i] > top:
+            top = labels[i]
+    mapping = np.full(top + 1, -1, np.int64)
+    out = np.empty(labels.size, np.int64)
+    k = 0
+    for i in range(labels.size):
+        lab = labels[i]
+        if lab < 0:
+            out[i] = -1
+        else:
+            if mapping[lab] < 0:
+                mapping[lab] = k
+                k += 1
+            out[i] = mapping[lab]
+    return out, k
+
+
+def _frame_size(a: np.ndarray) -> int:
+    return int(a.max()) + 1 if a.size else 1
+
+
+def cluster_hits(trigger_nr: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray,
+                 tot: np.ndarray | None = None, *, radius: int = DEFAULT_RADIUS,
+                 time_window_ns: float = DEFAULT_TIME_WINDOW_NS, tot_threshold: int = 0,
+                 min_cluster_size: int = 1) -> np.ndarray:
+    """Cluster labels (int64, input order) of hits by spatio-temporal connected components.
+
+    trigger_nr: event numbers (hits of different events never connect); x, y: pixels;
+    t: int64 times in fine units (25/4096 ns: ToA or ToF, only differences matter);
+    tot: ToT counts (25 ns), hits with ``tot <= tot_threshold`` get label -1 (ignored when
+    ``tot`` is None). ``radius`` pixels (1 = 8-neighbourhood), ``time_window_ns`` ns.
+    Clusters with fewer than ``min_cluster_size`` hits get label -1. Labels are 0.. in order
+    of each cluster's first hit in (trigger_nr, t) order.
+    """
+    trigger_nr = np.asarray(trigger_nr)
+    x = np.asarray(x)
+    y = np.asarray(y)
+    t = np.asarray(t, dtype=np.int64)
+    n = t.size
+    if not (trigger_nr.size == x.size == y.size == n):
+        raise ValueError("trigger_nr, x, y and t must have the same length")
+    if tot is None:
+        tot = np.ones(n, np.uint16)
+        tot_threshold = 0
+    tot = np.asarray(tot)
+    if tot.size != n:
+        raise ValueError("tot must have the same length as t")
+    radius, window = _check_params(radius, time_window_ns, tot_threshold, min_cluster_size)
+    if n == 0:
+        return np.empty(0, np.int64)
+    _check_coords(x, y)
+    order = sort_order(trigger_nr, t)
+    if order is not None:
+        trigger_nr, x, y, t, tot = trigger_nr[order], x[order], y[order], t[order], tot[order]
+    labels, ncl = label_sorted(trigger_nr, x, y, t, tot, int(tot_threshold), radius, window,
+                               _frame_size(x), _frame_size(y))
+    if min_cluster_size > 1:
+        labels, ncl = drop_small_clusters(labels, ncl, int(min_cluster_size))
+    if order is not None:
+        out = np.empty_like(labels)
+        out[order] = labels
+        labels = out
+    return labels
+
+
+def _check_params(radius, time_window_ns, tot_threshold, min_cluster_size) -> tuple[int, int]:
+    """Validate clustering parameters; returns (radius px, window in fine units)."""
+    if int(radius) != radius or radius < 0:
+        raise ValueError(f"radius must be a non-negative integer number of pixels, got {radius!r}")
+    if not np.isfinite(time_window_ns) or time_window_ns < 0:
+        raise ValueError(f"time_window_ns must be a finite number >= 0 ns, got {time_window_ns!r}")
+    if int(tot_threshold) != tot_threshold or tot_threshold < 0:
+        raise ValueError(f"tot_threshold must be an integer >= 0 (ToT counts), got {tot_threshold!r}")
+    if int(min_cluster_size) != min_cluster_size or min_cluster_size < 1:
+        raise ValueError(f"min_cluster_size must be an integer >= 1, got {min_cluster_size!r}")
+    return int(radius), int(ns_to_units(time_window_ns))
+
+
+def _check_coords(x: np.ndarray, y: np.ndarray) -> None:
+    """Reject negative or absurd pixel coordinates (the label map is sized by them)."""
+    for name, a in (("x", x), ("y", y)):
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be integer pixel coordinates, got dtype {a.dtype}")
+        if a.size and (int(a.min()) < 0 or int(a.max()) > MAX_COORD):
+            raise ValueError(f"{name} pixel coordinates must lie in 0..{MAX_COORD}")

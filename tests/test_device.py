@@ -377,22 +377,22 @@ def test_fault_from_controller_and_init_recovers(device, fault_flag):
 
 @pytest.mark.timeout(60)
 def test_fault_on_busy_udp_port_names_port(fault_flag):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
-        busy.bind(("127.0.0.1", 0))
-        port = busy.getsockname()[1]
-        props = {"UdpPort": port, "SummaryPeriod": 0.2, "DataStreamAddress": ""}
-        with DeviceTestContext(FakeTimepix3, properties=props, process=True, timeout=20) as d:
+    port = _free_udp_port()
+    props = {"UdpPort": port, "SummaryPeriod": 0.2, "DataStreamAddress": ""}
+    with DeviceTestContext(FakeTimepix3, properties=props, process=True, timeout=20) as d:
+        # bind after the server process was forked so that it does not inherit the socket
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+            busy.bind(("127.0.0.1", port))
             with pytest.raises(DevFailed) as err:
                 d.Start()
             assert f"127.0.0.1:{port}" in _desc(err.value)
             assert d.state() == DevState.FAULT
             assert f"127.0.0.1:{port}" in d.status()
-            busy.close()
-            d.Init()
-            assert d.state() == DevState.ON
-            d.Start()
-            assert d.state() == DevState.RUNNING
-            d.Stop()
+        d.Init()
+        assert d.state() == DevState.ON
+        d.Start()
+        assert d.state() == DevState.RUNNING
+        d.Stop()
 
 
 @pytest.mark.timeout(60)

@@ -78,6 +78,10 @@ class ClusteringAlgorithm(enum.IntEnum):
     dbscan = 1
 
 
+class _Stopped(Exception):
+    """The monitor thread was told to stop in the middle of pushing."""
+
+
 def _fail(reason: str, desc: str, origin: str) -> None:
     """Raise DevFailed with a reason code and a human readable description."""
     tango.Except.throw_exception(reason, desc, origin)
@@ -131,6 +135,9 @@ class Timepix3(Device):
         self._prev_counts: dict[str, Any] | None = None
         self._wake = threading.Event()
         self._stop_monitor = threading.Event()
+        # A monitor thread left by Init (delete_device cannot join it: the thread may be
+        # waiting for the Tango monitor that Init holds); the new thread joins it first.
+        previous = getattr(self, "_monitor", None)
         self._monitor: threading.Thread | None = None
         self._data_ready_counter = 0
 
@@ -153,7 +160,8 @@ class Timepix3(Device):
             self.set_state(DevState.ON)
             self.set_status(self._idle_status())
         self._refresh(period_end=False)
-        self._monitor = threading.Thread(target=self._monitor_loop, name="Timepix3-monitor", daemon=True)
+        self._monitor = threading.Thread(target=self._monitor_loop, args=(self._stop_monitor, previous),
+                                         name="Timepix3-monitor", daemon=True)
         self._monitor.start()
 
     def create_controller(self):
@@ -167,11 +175,10 @@ class Timepix3(Device):
 
     def delete_device(self) -> None:
         """Stop the monitor thread and the acquisition, release the controller."""
+        # Stop the monitor thread without joining it (see init_device); it exits at its
+        # next step and pushes nothing more.
         self._stop_monitor.set()
         self._wake.set()
-        if self._monitor is not None and self._monitor is not threading.current_thread():
-            self._monitor.join(10.0)
-        self._monitor = None
         ctrl, self._controller = self._controller, None
         if ctrl is not None:
             for step in ("stop", "close"):
@@ -287,32 +294,37 @@ class Timepix3(Device):
         if why:
             self._enter_fault(str(why))
 
-    def _push_all(self, arrays: bool) -> None:
+    def _push_all(self, arrays: bool, stop: threading.Event) -> None:
+        def push(name: str, value) -> None:
+            if stop.is_set():
+                raise _Stopped
+            self.push_change_event(name, value)
+            self.push_archive_event(name, value)
+
         state = self.get_state()
-        self.push_change_event("State", state)
-        self.push_archive_event("State", state)
-        status = self.get_status()
-        self.push_change_event("Status", status)
-        self.push_archive_event("Status", status)
+        push("State", state)
+        push("Status", self.get_status())
         with self._lock:
             snap = dict(self._snapshot)
         for name in SUMMARY_ATTRIBUTES:
-            self.push_change_event(name, snap[name])
-            self.push_archive_event(name, snap[name])
+            push(name, snap[name])
         if arrays:
             self._data_ready_counter += 1
             for name in ARRAY_ATTRIBUTES:
-                self.push_change_event(name, snap[name])
-                self.push_archive_event(name, snap[name])
+                push(name, snap[name])
+                if stop.is_set():
+                    raise _Stopped
                 self.push_data_ready_event(name, self._data_ready_counter)
 
-    def _monitor_loop(self) -> None:
+    def _monitor_loop(self, stop: threading.Event, previous: threading.Thread | None) -> None:
         """The one pushing thread: refresh counters each period, push while RUNNING and on state changes."""
+        if previous is not None:
+            previous.join(30.0)
         last_state = None
         next_t = time.monotonic() + self._period
-        while not self._stop_monitor.is_set():
+        while not stop.is_set():
             woken = self._wake.wait(max(0.0, next_t - time.monotonic()))
-            if self._stop_monitor.is_set():
+            if stop.is_set():
                 break
             self._wake.clear()
             period_end = time.monotonic() >= next_t
@@ -331,8 +343,10 @@ class Timepix3(Device):
                 if running:
                     self.set_status(self._running_status())
                 if state != last_state or (period_end and running):
-                    self._push_all(arrays=running and period_end or state != last_state)
+                    self._push_all(arrays=running and period_end or state != last_state, stop=stop)
                     last_state = state
+            except _Stopped:
+                break
             except Exception:  # noqa: BLE001 - the monitor must survive; report and go on
                 self.error_stream(f"monitor thread: {traceback.format_exc()}")
 
@@ -454,7 +468,7 @@ class Timepix3(Device):
         self._settings["ClusteringAlgorithm"] = algo
 
     @attribute(dtype=int, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True,
-               label="ToT threshold", unit="25 ns", format="%d", min_value=0, max_value=TOT_MAX,
+               label="ToT threshold [25 ns]", unit="", format="%d", min_value=0, max_value=TOT_MAX,
                doc=f"Hits with ToT below this many counts of 25 ns are ignored by centroiding, "
                    f"0..{TOT_MAX}. Takes effect at the next Start.")
     def TotThreshold(self) -> int:
@@ -543,12 +557,12 @@ class Timepix3(Device):
         return self._snap("TrainId")
 
     @attribute(dtype=((np.int32,),), max_dim_x=PREVIEW_MAX_DIM, max_dim_y=PREVIEW_MAX_DIM,
-               label="Hit map", unit="hits", display_level=DispLevel.OPERATOR,
+               label="Hit map", unit="", display_level=DispLevel.OPERATOR,
                doc="Hits per pixel over the last summary period (y rows, x columns).")
     def Preview(self) -> np.ndarray:
         return self._snap("Preview")
 
-    @attribute(dtype=(np.float64,), max_dim_x=TOF_MAX_BINS, label="ToF histogram", unit="hits",
+    @attribute(dtype=(np.float64,), max_dim_x=TOF_MAX_BINS, label="ToF histogram", unit="",
                doc="Time-of-flight histogram of events over the last summary period (bins of TofAxis).")
     def TofHistogram(self) -> np.ndarray:
         return self._snap("TofHistogram")

@@ -429,6 +429,53 @@ class Hdf5Writer:
             self.abort()
 
 
+def append_to_file(path: str | os.PathLike, tables: Mapping[str, Mapping[str, np.ndarray]],
+                   attrs: Mapping[str, Any] | None = None, compression: str = "blosc-lz4",
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    """Append file columns (``{table: {dataset key: array}}``, file units) to ``path``.
+
+    Creates the file and any missing group/dataset of the layout first. ``complete`` is
+    cleared while writing and set again when this batch is on disk (pymepix-style
+    one-call-per-batch saving, see ``RawFileSampler.saveToHDF5``).
+    """
+    import h5py
+
+    comp = compression_kwargs(compression)
+    with h5py.File(path, "a") as f:
+        f.attrs["complete"] = False
+        f.attrs.setdefault("layout_version", LAYOUT_VERSION)
+        f.attrs.setdefault("software", "tango-tpx")
+        f.attrs.setdefault("software_version", _software_version())
+        for name, desc in GROUPS.items():
+            g = f.require_group(name)
+            if "description" not in g.attrs:
+                g.attrs["description"] = desc
+        for spec in DATASETS.values():
+            if spec.path not in f:
+                d = f.create_dataset(spec.path, shape=(0,), maxshape=(None,), dtype=spec.dtype,
+                                     chunks=(chunk_rows,), **comp)
+                d.attrs["unit"] = spec.unit
+                d.attrs["description"] = spec.description
+        for table, cols in tables.items():
+            specs = TABLES[table]
+            missing = set(specs) - set(cols)
+            if missing:
+                raise KeyError(f"{table}: missing columns {sorted(missing)}")
+            n = {len(np.asarray(cols[k])) for k in specs}
+            if len(n) != 1:
+                raise ValueError(f"{table}: columns of unequal length {sorted(n)}")
+            for k, spec in specs.items():
+                d = f[spec.path]
+                a = np.asarray(cols[k]).astype(spec.dtype, copy=False)
+                start = d.shape[0]
+                d.resize((start + len(a),))
+                d[start:] = a
+        for key, value in dict(attrs or {}).items():
+            f.attrs[key] = _attr_value(value)
+        f.flush()
+        f.attrs["complete"] = True
+
+
 class _DistinctCounter:
     """Counts distinct values of a stream of non-decreasing integer arrays (trigger numbers)."""
 
@@ -507,5 +554,5 @@ __all__ = [
     "LAYOUT_VERSION", "DEFAULT_CHUNK_ROWS", "COMPRESSIONS", "DatasetSpec", "GROUPS", "RAW", "CENTROIDED",
     "TIMEPIX", "TRAINID", "TRIGGER1", "TRIGGER2", "TABLES", "DATASETS", "events_columns",
     "centroids_columns", "trigger_table_columns", "trigger_edge_columns", "compression_kwargs",
-    "Hdf5Writer", "read_table", "is_complete", "check_layout",
+    "Hdf5Writer", "append_to_file", "read_table", "is_complete", "check_layout",
 ]

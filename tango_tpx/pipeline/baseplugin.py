@@ -83,7 +83,7 @@ class BasePipelineObject(mp.Process):
         self._rr = 0
         self.current_seq = 0
         self.current_meta: dict = {}
-        self._out_seq = 0
+        self._out_seq: dict = {}
 
     # -- pymepix API ----------------------------------------------------------------------
     @property
@@ -125,9 +125,9 @@ class BasePipelineObject(mp.Process):
         """Send one message downstream (if the next stage consumes its type) and/or to
         the collector (if the pipeline's consumer wants it). Returns False if dropped."""
         w = self.wiring
-        if seq is None:
-            seq = self._out_seq
-            self._out_seq += 1
+        if seq is None:      # consecutive per message type (the collector re-orders on it)
+            seq = self._out_seq.get(data_type, 0)
+            self._out_seq[data_type] = seq + 1
         ok = True
         if data_type in w.down_types and self._down:
             ok = self._send_round_robin(data_type, data, seq, meta)

@@ -36,10 +36,10 @@ from tango_tpx.processing.clustering import (
     _frame_size,
     _insertion_order,
     _is_sorted,
-    drop_small_clusters,
-    label_sorted,
+    new_pixel_map,
     renumber_first_appearance,
     sort_order,
+    union_pass,
 )
 from tango_tpx.processing.timewalk import lut_to_units
 from tango_tpx.tpx3.hits import _SoA
@@ -84,71 +84,103 @@ class Centroids(_SoA):
 # ----------------------------------------------------------------------------------------
 # numba kernels
 # ----------------------------------------------------------------------------------------
-@numba.njit(cache=True, nogil=True)
-def _accumulate(labels, n_clusters, trig, x, y, t, tot, tw_units, out_trig, out_x, out_y,
-                out_t, out_tsum, out_tavg, out_tmax, out_size):
-    """Per-cluster ToT-weighted means of hits in (trig, t) order; labels -1 are skipped.
+# accumulator columns, one 64-byte row per cluster
+_T0, _TRIG, _SX, _SY, _ST, _TSUM, _TMAX, _SIZE = range(8)
 
-    Integer sums are exact; t is averaged relative to the cluster's first hit so that the
-    int64 products cannot overflow. A cluster with zero summed ToT gets unweighted means.
-    ``tw_units`` (int64 fine units per ToT bin, empty = none) corrects tof by tot_max.
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_hit(acc, c, i, trig, x, y, t, tot):
+    w = np.int64(tot[i])
+    if acc[c, _SIZE] == 0:
+        acc[c, _T0] = t[i]
+        acc[c, _TRIG] = trig[i]
+    acc[c, _SX] += np.int64(x[i]) * w
+    acc[c, _SY] += np.int64(y[i]) * w
+    acc[c, _ST] += (t[i] - acc[c, _T0]) * w
+    acc[c, _TSUM] += w
+    if w > acc[c, _TMAX]:
+        acc[c, _TMAX] = w
+    acc[c, _SIZE] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish(acc, min_size, tw_units):
+    """Centroid fields of the clusters with at least ``min_size`` hits, in cluster order.
+
+    Integer sums are exact; tof is averaged relative to the cluster's first hit (no int64
+    overflow) and rounded half up to a fine unit, then corrected by ``tw_units`` (fine units
+    per ToT bin, indexed by tot_max - 1, clamped; empty = no correction). Every hit has
+    tot >= 1 (tot > tot_threshold >= 0), so the ToT sums are never zero.
     """
-    k = n_clusters
-    sx = np.zeros(k, np.int64)
-    sy = np.zeros(k, np.int64)
-    st = np.zeros(k, np.int64)
-    ux = np.zeros(k, np.int64)
-    uy = np.zeros(k, np.int64)
-    ut = np.zeros(k, np.int64)
-    t0 = np.zeros(k, np.int64)
-    tsum = np.zeros(k, np.int64)
-    tmax = np.zeros(k, np.int64)
-    size = np.zeros(k, np.int64)
+    k = 0
+    for c in range(acc.shape[0]):
+        if acc[c, _SIZE] >= min_size:
+            k += 1
+    o_trig = np.empty(k, np.int64)
+    o_x = np.empty(k, np.float32)
+    o_y = np.empty(k, np.float32)
+    o_t = np.empty(k, np.int64)
+    o_tsum = np.empty(k, np.uint32)
+    o_tavg = np.empty(k, np.float32)
+    o_tmax = np.empty(k, np.uint16)
+    o_size = np.empty(k, np.uint32)
+    nlut = tw_units.size
+    m = 0
+    for c in range(acc.shape[0]):
+        size = acc[c, _SIZE]
+        if size < min_size:
+            continue
+        wsum = acc[c, _TSUM]
+        o_trig[m] = acc[c, _TRIG]
+        o_x[m] = acc[c, _SX] / wsum
+        o_y[m] = acc[c, _SY] / wsum
+        tof = acc[c, _T0] + (2 * acc[c, _ST] + wsum) // (2 * wsum)
+        if nlut > 0:
+            b = min(max(acc[c, _TMAX] - 1, 0), nlut - 1)
+            tof -= tw_units[b]
+        o_t[m] = tof
+        o_tsum[m] = wsum
+        o_tavg[m] = wsum / size
+        o_tmax[m] = acc[c, _TMAX]
+        o_size[m] = size
+        m += 1
+    return o_trig, o_x, o_y, o_t, o_tsum, o_tavg, o_tmax, o_size
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_parent(parent, n_clusters, trig, x, y, t, tot, min_size, tw_units):
+    """Centroids straight from the union-find forest of ``union_pass`` (hits in (trig, t)
+    order). ``parent`` is consumed: roots are overwritten with ``-2 - cluster_id``."""
+    acc = np.zeros((n_clusters, 8), np.int64)
+    k = 0
+    for i in range(parent.size):
+        p = parent[i]
+        if p == -1:
+            continue
+        if p == i:
+            c = k
+            k += 1
+            parent[i] = -2 - c
+        else:
+            # the root (earliest hit) was visited before: it holds its negative cluster code
+            r = p
+            while parent[r] >= 0:
+                r = parent[r]
+            c = -2 - parent[r]
+            parent[i] = r
+        _add_hit(acc, c, i, trig, x, y, t, tot)
+    return _finish(acc, min_size, tw_units)
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_labels(labels, n_clusters, trig, x, y, t, tot, min_size, tw_units):
+    """Centroids of hits in (trig, t) order with given labels 0..n_clusters-1 (-1 skipped)."""
+    acc = np.zeros((n_clusters, 8), np.int64)
     for i in range(labels.size):
         c = labels[i]
-        if c < 0:
-            continue
-        w = np.int64(tot[i])
-        if size[c] == 0:
-            t0[c] = t[i]
-            out_trig[c] = trig[i]
-        dt = t[i] - t0[c]
-        xi = np.int64(x[i])
-        yi = np.int64(y[i])
-        sx[c] += xi * w
-        sy[c] += yi * w
-        st[c] += dt * w
-        ux[c] += xi
-        uy[c] += yi
-        ut[c] += dt
-        tsum[c] += w
-        if w > tmax[c]:
-            tmax[c] = w
-        size[c] += 1
-    nlut = tw_units.size
-    for c in range(k):
-        if tsum[c] > 0:
-            wsum = tsum[c]
-            nx, ny, nt = sx[c], sy[c], st[c]
-        else:
-            wsum = size[c]
-            nx, ny, nt = ux[c], uy[c], ut[c]
-        out_x[c] = nx / wsum
-        out_y[c] = ny / wsum
-        # round half up; floor division is exact for negative numerators too
-        tof = t0[c] + (2 * nt + wsum) // (2 * wsum)
-        if nlut > 0:
-            b = tmax[c] - 1
-            if b < 0:
-                b = 0
-            elif b >= nlut:
-                b = nlut - 1
-            tof -= tw_units[b]
-        out_t[c] = tof
-        out_tsum[c] = tsum[c]
-        out_tavg[c] = tsum[c] / size[c]
-        out_tmax[c] = tmax[c]
-        out_size[c] = size[c]
+        if c >= 0:
+            _add_hit(acc, c, i, trig, x, y, t, tot)
+    return _finish(acc, min_size, tw_units)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -169,12 +201,12 @@ def _gather(order, trig, x, y, t, tot):
     return a, b, c, d, e
 
 
-def _centroids_from_labels(labels, n_clusters, trig, x, y, t, tot, tw_units) -> Centroids:
-    cen = Centroids.empty(n_clusters)
-    _accumulate(labels, n_clusters, trig, x, y, t, tot, tw_units, cen.trigger_nr, cen.x, cen.y,
-                cen.tof, cen.tot_sum, cen.tot_avg, cen.tot_max, cen.size)
-    if n_clusters > 1 and not _is_sorted(cen.trigger_nr, cen.tof):
-        order, ok = _insertion_order(cen.trigger_nr, cen.tof, 16 * n_clusters + 1024)
+def _sorted_centroids(fields) -> Centroids:
+    """Centroids from kernel output, put in (trigger_nr, tof) order (stable)."""
+    cen = Centroids(*fields)
+    n = len(cen)
+    if n > 1 and not _is_sorted(cen.trigger_nr, cen.tof):
+        order, ok = _insertion_order(cen.trigger_nr, cen.tof, 16 * n + 1024)
         if not ok:
             order = np.lexsort((cen.tof, cen.trigger_nr))
         cen = cen.take(order)
@@ -231,11 +263,10 @@ def _tw_units(lut) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 def _fast_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, radius, window,
                  tw_units) -> Centroids:
-    labels, ncl = label_sorted(trig, x, y, tof, tot, int(tot_threshold), radius, window,
-                               _frame_size(x), _frame_size(y))
-    if min_cluster_size > 1:
-        labels, ncl = drop_small_clusters(labels, ncl, int(min_cluster_size))
-    return _centroids_from_labels(labels, ncl, trig, x, y, tof, tot, tw_units)
+    last = new_pixel_map(_frame_size(x), _frame_size(y), radius, tof.size)
+    parent, ncl = union_pass(trig, x, y, tof, tot, int(tot_threshold), radius, window, last)
+    return _sorted_centroids(_accumulate_parent(parent, ncl, trig, x, y, tof, tot,
+                                                int(min_cluster_size), tw_units))
 
 
 def dbscan_labels(trig, x, y, tof, *, eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,
@@ -283,9 +314,8 @@ def _dbscan_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, eps
         trig, x, y, tof, tot = trig[keep], x[keep], y[keep], tof[keep], tot[keep]
     labels = dbscan_labels(trig, x, y, tof, eps=eps, min_samples=min_samples, chunk_hits=chunk_hits)
     labels, ncl = renumber_first_appearance(labels)
-    if min_cluster_size > 1:
-        labels, ncl = drop_small_clusters(labels, ncl, int(min_cluster_size))
-    return _centroids_from_labels(labels, ncl, trig, x, y, tof, tot, tw_units)
+    return _sorted_centroids(_accumulate_labels(labels, ncl, trig, x, y, tof, tot,
+                                                int(min_cluster_size), tw_units))
 
 
 def _run_sorted(arrays, params: dict) -> Centroids:

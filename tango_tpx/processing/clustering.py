@@ -112,20 +112,29 @@ def _find(parent: np.ndarray, i: int) -> int:
     return i
 
 
-@numba.njit(cache=True, nogil=True)
-def label_sorted(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray,
-                 tot: np.ndarray, tot_threshold: int, radius: int, window: int,
-                 width: int, height: int):
-    """Connected-component labels of hits already sorted by (trig, t).
+def new_pixel_map(width: int, height: int, radius: int, n_hits: int) -> np.ndarray:
+    """Scratch "latest hit per pixel" map for :func:`union_pass`, padded by ``radius`` on
+    every side (no bounds checks in the hot loop); int32 when the hit indices fit."""
+    dtype = np.int32 if n_hits < 2**31 - 1 else np.int64
+    return np.empty((height + 2 * radius, width + 2 * radius), dtype)
 
-    Hits with ``tot <= tot_threshold`` (ToT counts) are left out (label -1). ``window`` is
-    in fine units (25/4096 ns), ``radius`` in pixels; x < width, y < height.
-    Returns (labels int64, n_clusters); labels are 0.. in order of each cluster's first hit.
+
+@numba.njit(cache=True, nogil=True)
+def union_pass(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray, tot: np.ndarray,
+               tot_threshold: int, radius: int, window: int, last: np.ndarray):
+    """Union-find pass over hits sorted by (trig, t).
+
+    Returns (parent int64, n_clusters): ``parent[i]`` is -1 for hits left out
+    (``tot <= tot_threshold``, ToT counts), otherwise a union-find forest whose roots are the
+    earliest hit of each cluster. ``window`` is in fine units (25/4096 ns), ``radius`` in
+    pixels; ``last`` is a map from :func:`new_pixel_map` (overwritten).
     """
     n = t.size
     parent = np.empty(n, np.int64)
-    last = np.full((height, width), -1, np.int64)
+    last[:, :] = -1
+    span = 2 * radius + 1
     seg_start = 0
+    n_roots = 0
     for i in range(n):
         if i > 0 and trig[i] != trig[i - 1]:
             seg_start = i
@@ -133,26 +142,32 @@ def label_sorted(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray,
             parent[i] = -1
             continue
         parent[i] = i
+        n_roots += 1
         root = i
         xi = np.int64(x[i])
         yi = np.int64(y[i])
         ti = t[i]
-        y0 = max(yi - radius, 0)
-        y1 = min(yi + radius + 1, height)
-        x0 = max(xi - radius, 0)
-        x1 = min(xi + radius + 1, width)
-        for yy in range(y0, y1):
-            for xx in range(x0, x1):
-                j = last[yy, xx]
+        for dy in range(span):
+            for dx in range(span):
+                j = np.int64(last[yi + dy, xi + dx])
                 if j >= seg_start and ti - t[j] <= window:
                     rj = _find(parent, j)
                     if rj != root:
+                        n_roots -= 1
                         if rj < root:
                             parent[root] = rj
                             root = rj
                         else:
                             parent[rj] = root
-        last[yi, xi] = i
+        last[yi + radius, xi + radius] = i
+    return parent, n_roots
+
+
+@numba.njit(cache=True, nogil=True)
+def labels_from_parent(parent: np.ndarray):
+    """Cluster labels 0.. (in order of each cluster's first hit, -1 = left out) from the
+    forest of :func:`union_pass`. Returns (labels int64, n_clusters)."""
+    n = parent.size
     labels = np.empty(n, np.int64)
     n_clusters = 0
     for i in range(n):
@@ -166,6 +181,19 @@ def label_sorted(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray,
         else:
             labels[i] = labels[r]
     return labels, n_clusters
+
+
+def label_sorted(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray, tot: np.ndarray,
+                 tot_threshold: int, radius: int, window: int, width: int, height: int):
+    """Connected-component labels of hits already sorted by (trig, t).
+
+    Hits with ``tot <= tot_threshold`` (ToT counts) are left out (label -1). ``window`` is
+    in fine units (25/4096 ns), ``radius`` in pixels; x < width, y < height.
+    Returns (labels int64, n_clusters); labels are 0.. in order of each cluster's first hit.
+    """
+    last = new_pixel_map(width, height, radius, t.size)
+    parent, _ = union_pass(trig, x, y, t, tot, tot_threshold, radius, window, last)
+    return labels_from_parent(parent)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -15,7 +15,7 @@ Time extension ("longtime")
     away from the reference is still assigned to the nearest epoch, and counted in
     ``ambiguous_time`` (pymepix's quarter-bit rule silently mis-assigns it).  Until the
     first global-time pair (or a ``longtime`` given by the caller) the first word defines
-    epoch 0.  All state lives in the :class:`Decoder`, so a stream cut anywhere decodes the
+    epoch 0; a word a little earlier than that first word gets a (correct) negative time.  All state lives in the :class:`Decoder`, so a stream cut anywhere decodes the
     same as in one piece.
 
 Framing
@@ -124,29 +124,6 @@ def quad_map(x: int, y: int, chip: int) -> tuple[int, int]:
     return x, 255 - y + 258
 
 
-@numba.njit(cache=True, inline="always")
-def _extend(t30: int, st: np.ndarray, counts: np.ndarray) -> int:
-    """Extend a 30-bit coarse time (25 ns) to 48 bits; updates the reference in ``st``."""
-    if st[S_HAVE_REF] == 0:
-        st[S_REF] = t30
-        st[S_HAVE_REF] = 1
-        return t30
-    ref = st[S_REF]
-    t = (ref & ~MASK30) | t30
-    d = t - ref
-    if d > HALF_EPOCH:
-        t -= EPOCH
-    elif d < -HALF_EPOCH:
-        t += EPOCH
-    if t < 0:
-        t += EPOCH
-    d = t - ref
-    if d > QUARTER_EPOCH or d < -QUARTER_EPOCH:
-        counts[C_AMBIG] += 1
-    st[S_REF] = t
-    return t
-
-
 @numba.njit(cache=True)
 def _upper_bounds(words: np.ndarray) -> tuple[int, int]:
     """Upper bounds of the number of pixel and TDC words (by header nibble only)."""
@@ -165,44 +142,54 @@ def _upper_bounds(words: np.ndarray) -> tuple[int, int]:
 def _decode(words, tpx3, quad, st, counts,
             px_x, px_y, px_toa, px_tot, px_chip,
             tr_ch, tr_rise, tr_time, tr_cnt, tr_chip):
+    # state and counters live in locals inside the loop (registers), written back at the end
+    ref = st[S_REF]
+    have_ref = st[S_HAVE_REF] != 0
+    lsb = st[S_LSB]
+    have_lsb = st[S_HAVE_LSB] != 0
+    chip = st[S_CHIP]
+    remain = st[S_REMAIN]
+    longtime = st[S_LONGTIME]
+    n_tdc_bad = n_lsb = n_msb = n_hdr = n_other = n_ambig = n_frame = 0
     np_ = 0
     nt = 0
     for i in range(words.shape[0]):
         w = np.int64(words[i])  # same bits; int64 keeps numba arithmetic in one type
         if tpx3:
-            if st[S_REMAIN] == 0:
+            if remain == 0:
                 if (w & 0xFFFFFFFF) == TPX3_MAGIC:
-                    st[S_CHIP] = (w >> 32) & 0xFF
-                    st[S_REMAIN] = ((w >> 48) & 0xFFFF) >> 3
-                    counts[C_HDR] += 1
+                    chip = (w >> 32) & 0xFF
+                    remain = ((w >> 48) & 0xFFFF) >> 3
+                    n_hdr += 1
                     continue
-                counts[C_FRAME] += 1
+                n_frame += 1
             else:
-                st[S_REMAIN] -= 1
+                remain -= 1
         hdr = (w >> 60) & 0xF
         if hdr == 0xA or hdr == 0xB:
-            dcol = (w & 0x0FE0000000000000) >> 52
-            spix = (w & 0x001F800000000000) >> 45
-            pix = (w & 0x0000700000000000) >> 44
-            x = dcol + (pix >> 2)
-            y = spix + (pix & 3)
-            data = (w & 0x00000FFFFFFF0000) >> 16
-            coarse = ((w & 0xFFFF) << 14) | ((data >> 14) & 0x3FFF)
-            ftoa = data & 0xF
-            k = (x >> 1) & 15
-            if k == 0:
-                k = 16
-            t = _extend(coarse, st, counts)
-            chip = st[S_CHIP]
+            t30 = ((w & 0xFFFF) << 14) | ((w >> 30) & 0x3FFF)
+            # time extension: the epoch nearest to the reference.  Written as a 30-bit
+            # modular difference so the loop-carried chain through `ref` is 3 operations.
+            if have_ref:
+                delta = ((t30 + HALF_EPOCH - ref) & MASK30) - HALF_EPOCH
+                t = ref + delta
+                if delta > QUARTER_EPOCH or delta < -QUARTER_EPOCH:
+                    n_ambig += 1
+            else:
+                t = t30
+                have_ref = True
+            ref = t
+            x = ((w >> 52) & 0xFE) | ((w >> 46) & 1)
+            y = ((w >> 45) & 0xFC) | ((w >> 44) & 3)
+            k = (((x >> 1) + 15) & 15) + 1  # double-column phase (x // 2) % 16, 0 -> 16
             if quad:
                 x, y = quad_map(x, y, chip)
             px_x[np_] = x
             px_y[np_] = y
-            px_toa[np_] = (t << 12) - (ftoa << 8) + (k << 8)
-            px_tot[np_] = (data >> 4) & 0x3FF
+            px_toa[np_] = (t << 12) - (((w >> 16) & 0xF) << 8) + (k << 8)
+            px_tot[np_] = (w >> 20) & 0x3FF
             px_chip[np_] = chip
             np_ += 1
-            counts[C_PIX] += 1
             continue
         sub = (w >> 56) & 0xF
         ch = 0
@@ -220,17 +207,16 @@ def _decode(words, tpx3, quad, st, counts,
                 ch = 2
         elif hdr == 0x4:
             if sub == 0x4:
-                st[S_LSB] = (w >> 16) & 0xFFFFFFFF
-                st[S_HAVE_LSB] = 1
-                counts[C_LSB] += 1
+                lsb = (w >> 16) & 0xFFFFFFFF
+                have_lsb = True
+                n_lsb += 1
                 continue
             if sub == 0x5:
-                counts[C_MSB] += 1
-                if st[S_HAVE_LSB] != 0:
-                    lt = (((w >> 16) & 0xFFFF) << 32) | st[S_LSB]
-                    st[S_LONGTIME] = lt
-                    st[S_REF] = lt
-                    st[S_HAVE_REF] = 1
+                n_msb += 1
+                if have_lsb:
+                    longtime = (((w >> 16) & 0xFFFF) << 32) | lsb
+                    ref = longtime
+                    have_ref = True
                 continue
             if sub == 0xF:
                 ch = 1
@@ -238,21 +224,45 @@ def _decode(words, tpx3, quad, st, counts,
             elif sub == 0xA:
                 ch = 1
         if ch == 0:
-            counts[C_OTHER] += 1
+            n_other += 1
             continue
         f = (w >> 5) & 0xF
         if f < 1 or f > 12:
-            counts[C_TDC_BAD] += 1
+            n_tdc_bad += 1
             continue
-        t = _extend((w >> 12) & MASK30, st, counts)
+        t30 = (w >> 12) & MASK30
+        if have_ref:
+            delta = ((t30 + HALF_EPOCH - ref) & MASK30) - HALF_EPOCH
+            t = ref + delta
+            if delta > QUARTER_EPOCH or delta < -QUARTER_EPOCH:
+                n_ambig += 1
+        else:
+            t = t30
+            have_ref = True
+        ref = t
         fine = ((f - 1) << 9) // 12
         tr_ch[nt] = ch
         tr_rise[nt] = rising
         tr_time[nt] = (t << 12) + ((w & 0xE00) | (fine & 0x1FF))
         tr_cnt[nt] = (w >> 44) & 0xFFF
-        tr_chip[nt] = st[S_CHIP]
+        tr_chip[nt] = chip
         nt += 1
-        counts[C_TDC] += 1
+    st[S_REF] = ref
+    st[S_HAVE_REF] = 1 if have_ref else 0
+    st[S_LSB] = lsb
+    st[S_HAVE_LSB] = 1 if have_lsb else 0
+    st[S_CHIP] = chip
+    st[S_REMAIN] = remain
+    st[S_LONGTIME] = longtime
+    counts[C_PIX] += np_
+    counts[C_TDC] += nt
+    counts[C_TDC_BAD] += n_tdc_bad
+    counts[C_LSB] += n_lsb
+    counts[C_MSB] += n_msb
+    counts[C_HDR] += n_hdr
+    counts[C_OTHER] += n_other
+    counts[C_AMBIG] += n_ambig
+    counts[C_FRAME] += n_frame
     return np_, nt
 
 
@@ -300,8 +310,10 @@ class Decoder:
         """Decode one chunk (any length, cut anywhere); returns this chunk's hits and counts."""
         words = np.ascontiguousarray(words).view(np.uint64) if words.dtype != np.uint64 else np.ascontiguousarray(words)
         npix, ntdc = _upper_bounds(words)
-        px = PixelHits.empty(npix)
-        tr = Triggers.empty(ntdc)
+        px = PixelHits(np.empty(npix, np.uint16), np.empty(npix, np.uint16), np.empty(npix, np.int64),
+                       np.empty(npix, np.uint16), np.empty(npix, np.uint8))
+        tr = Triggers(np.empty(ntdc, np.uint8), np.empty(ntdc, np.bool_), np.empty(ntdc, np.int64),
+                      np.empty(ntdc, np.uint16), np.empty(ntdc, np.uint8))
         counts = np.zeros(len(COUNT_NAMES), np.int64)
         n_p, n_t = _decode(words, self.framing == "tpx3", self.layout == "quad", self._state, counts,
                            px.x, px.y, px.toa, px.tot, px.chip,

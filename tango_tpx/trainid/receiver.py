@@ -22,10 +22,10 @@ Both keep running while the receiver is unplugged: status becomes
 ``read(timeout_s) -> bytes``, ``close()`` and ``description`` (picklable for USBTrainID).
 
 ZMQ: with ``zmq_address`` (e.g. ``'tcp://127.0.0.1:5600'``) the reader binds a PUB socket
-and sends each batch as two frames ``[ZMQ_TOPIC, payload]``; payload is JSON
-``[{"host_time_ns":..., "train_id":..., "beam_mode":...}, ...]`` (``zmq_format='json'``)
-or the raw bytes of a :data:`TRAINID_DTYPE` array (``'numpy'``); decode either with
-:func:`decode_zmq_message`.
+and sends each batch as three frames ``[ZMQ_TOPIC, format, payload]``: format ``b'json'``
+with payload ``[{"host_time_ns":..., "train_id":..., "beam_mode":...}, ...]``
+(``zmq_format='json'``), or ``b'numpy'`` with the raw little-endian bytes of a
+:data:`TRAINID_DTYPE` array; decode either with :func:`decode_zmq_message`.
 
 :class:`SimulatedReceiver` writes valid frames at ``rate_hz`` to a pty with optional
 faults; ``.path`` is a stable symlink to the pty slave (like ``/dev/serial/by-id``),
@@ -145,7 +145,7 @@ class _ZmqPublisher:
         else:
             payload = frames_to_array(frames).tobytes()
         try:
-            self._sock.send_multipart([ZMQ_TOPIC, payload], flags=zmq.NOBLOCK)
+            self._sock.send_multipart([ZMQ_TOPIC, self.fmt.encode(), payload], flags=zmq.NOBLOCK)
         except zmq.Again:
             pass
 
@@ -155,13 +155,15 @@ class _ZmqPublisher:
 
 
 def decode_zmq_message(parts: Sequence[bytes]) -> list[TrainFrame]:
-    """``[topic, payload]`` from the PUB socket -> frames (JSON or numpy payload)."""
-    if len(parts) != 2 or bytes(parts[0]) != ZMQ_TOPIC:
+    """``[topic, format, payload]`` from the PUB socket -> frames (JSON or numpy payload)."""
+    if len(parts) != 3 or bytes(parts[0]) != ZMQ_TOPIC:
         raise ValueError("not a train-ID message")
-    payload = bytes(parts[1])
-    if payload[:1] == b"[":
+    fmt, payload = bytes(parts[1]), bytes(parts[2])
+    if fmt == b"json":
         return [TrainFrame(int(d["host_time_ns"]), int(d["train_id"]), int(d["beam_mode"]))
                 for d in json.loads(payload)]
+    if fmt != b"numpy":
+        raise ValueError(f"unknown train-ID payload format {fmt!r}")
     if len(payload) % TRAINID_DTYPE.itemsize:
         raise ValueError(f"payload of {len(payload)} bytes is not a whole number of records")
     return array_to_frames(np.frombuffer(payload, dtype=TRAINID_DTYPE))
@@ -351,6 +353,22 @@ class USBTrainID(_ReaderBase):
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def status(self) -> str:
+        """As for TrainIdReader, plus ``'fault: process exited with code N'`` when the
+        child died without reporting (e.g. killed, or failed while starting)."""
+        text = self._state.get_status()
+        proc = self._proc
+        if (proc is not None and not proc.is_alive() and proc.exitcode is not None
+                and not text.startswith(("stopped", "fault"))):
+            text = f"fault: process exited with code {proc.exitcode} (last status: {text})"
+        return text
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the child process to end (multiprocessing.Process compatibility)."""
+        if self._proc is not None:
+            self._proc.join(timeout)
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()

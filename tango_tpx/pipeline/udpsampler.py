@@ -1,0 +1,263 @@
+"""UdpSampler: receive SPIDR UDP datagrams and hand off large raw chunks (pymepix name).
+
+The receive loop does nothing but ``recvmsg_into`` straight into a large preallocated
+buffer (datagram boundaries are irrelevant to decoding) and hand the filled buffer off,
+without copying, to the decoder stage (ZeroMQ, non-blocking: if the decoder cannot keep
+up the chunk is counted in ``handoff_dropped_bytes``) and to the recording thread
+(:class:`~tango_tpx.pipeline.raw2disk.Raw2Disk`). A chunk is handed off when it holds
+``chunk_bytes`` bytes or ``chunk_size`` datagrams, or ``flush_timeout`` s after its first
+datagram.
+
+Socket: receive buffer requested with SO_RCVBUFFORCE (33, needs CAP_NET_ADMIN) then
+SO_RCVBUF; the granted size is published in the ``rcvbuf_bytes`` counter. SO_RXQ_OVFL (40)
+makes the kernel attach its cumulative drop count to each datagram: published as
+``kernel_drops``.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .baseplugin import BasePipelineObject
+from .messages import MessageType
+from .raw2disk import Raw2Disk
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+#: largest UDP payload: every datagram is received into a slot this big.
+MAX_DATAGRAM = 65536
+DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_RCVBUF = 256 << 20
+
+
+def open_udp_socket(host: str, port: int, rcvbuf: int = DEFAULT_RCVBUF) -> tuple[socket.socket, int]:
+    """Bind a non-blocking UDP socket with a large receive buffer and drop reporting.
+
+    Returns (socket, granted receive buffer in bytes). Raises OSError naming the address.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            except OSError:
+                pass
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        except OSError:
+            pass
+        try:
+            sock.bind((host, int(port)))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot bind UDP {host}:{port}: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, granted
+
+
+class UdpSampler(BasePipelineObject):
+    """Source stage: UDP receiver, chunker and recorder.
+
+    address: (host, port) to bind; longtime: unused here (the decoder anchors time), kept
+    for the pymepix signature; chunk_size: max datagrams per chunk; flush_timeout: s after
+    the first datagram of a chunk before it is handed off anyway; chunk_bytes: max bytes
+    per chunk; rcvbuf_bytes: receive buffer to request.
+    """
+
+    accepts = frozenset()
+
+    def __init__(self, address: tuple[str, int], longtime: Any = None, chunk_size: int = 10000,
+                 flush_timeout: float = 0.3, input_queue=None, create_output: bool = True,
+                 num_outputs: int = 1, shared_output=None, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 rcvbuf_bytes: int = DEFAULT_RCVBUF, name: str = "UdpSampler", **kwargs: Any) -> None:
+        super().__init__(name, input_queue=None, create_output=create_output, num_outputs=num_outputs,
+                         shared_output=shared_output, **kwargs)
+        self.address = (str(address[0]), int(address[1]))
+        self.longtime = longtime
+        self.chunk_size = max(1, int(chunk_size))
+        self.flush_timeout = float(flush_timeout)
+        self.chunk_bytes = max(MAX_DATAGRAM, int(chunk_bytes))
+        self.rcvbuf_bytes = int(rcvbuf_bytes)
+        self._pending_cmds: collections.deque = collections.deque()
+        self._has_pending = False
+        self._recording_path = ""
+
+    # -- parent-side helpers (pymepix: record / close_file) -------------------------------
+    @property
+    def record(self) -> bool:
+        """True while a file is being recorded (parent side view)."""
+        return bool(self._recording_path)
+
+    @record.setter
+    def record(self, value: bool) -> None:
+        if not value:
+            self.close_file = True
+
+    @property
+    def close_file(self) -> bool:
+        return False
+
+    @close_file.setter
+    def close_file(self, value: bool) -> None:
+        if value and self._cmd_sender is not None:
+            self._cmd_sender("close", None)
+            self._recording_path = ""
+
+    _cmd_sender = None  # set by the pipeline: callable(name, arg) -> reply
+
+    # -- child side ----------------------------------------------------------------------
+    def pre_run(self) -> None:
+        self.sock, granted = open_udp_socket(*self.address, rcvbuf=self.rcvbuf_bytes)
+        self.wiring.counters.set("rcvbuf_bytes", granted)
+        self.raw2disk = Raw2Disk(self.wiring.counters, lambda msg: self.report("fault", msg))
+        threading.Thread(target=self._command_thread, name="commands", daemon=True).start()
+
+    def _command_thread(self) -> None:
+        """Receives open/close commands from the parent; the receive loop applies them."""
+        conn = self._conn
+        while True:
+            try:
+                if not conn.poll(0.1):
+                    if self._forced():
+                        return
+                    continue
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            self._pending_cmds.append(msg)
+            self._has_pending = True
+
+    def _apply_commands(self) -> None:
+        self._has_pending = False
+        while self._pending_cmds:
+            _, cid, name, arg = self._pending_cmds.popleft()
+            if name == "open":
+                try:
+                    path = self.raw2disk.open(arg)
+                except OSError as exc:
+                    self.report("reply", cid, False, (type(exc).__name__, exc.errno, str(exc)))
+                    continue
+                self.report("reply", cid, True, path)
+            elif name == "close":
+                if not self.raw2disk.recording:
+                    self.report("reply", cid, True, ("", 0))
+                    continue
+                self.raw2disk.close(lambda p, n, cid=cid: self.report("reply", cid, True, (p, n)))
+            else:
+                self.report("reply", cid, False, ("ValueError", 0, f"unknown command {name!r}"))
+
+    def _handoff(self, buf: np.ndarray, nbytes: int, ndgram: int) -> None:
+        c = self.wiring.counters
+        chunk = buf[:nbytes]
+        if self.raw2disk.recording:
+            self.raw2disk.put(chunk)
+        if self._down:
+            try:
+                from .messages import encode_frames
+                self._down[0].send_multipart(encode_frames(MessageType.RawData, chunk, self._seq),
+                                             flags=zmq.NOBLOCK, copy=False)
+                c.stage_sent(self.wiring.next_slot)
+            except zmq.Again:
+                c.add("handoff_dropped_bytes", nbytes)
+        self._seq += 1
+        c.add("chunks", 1)
+        c.add("datagrams", ndgram)
+        c.add("bytes", nbytes)
+
+    def main_loop(self) -> bool:
+        sock = self.sock
+        recv = sock.recvmsg_into
+        anc_size = socket.CMSG_SPACE(4)
+        chunk_bytes, max_dgrams, flush_s = self.chunk_bytes, self.chunk_size, self.flush_timeout
+        c = self.wiring.counters
+        ctrl = c.ctrl
+        self._seq = 0
+        last_drops = 0   # the kernel's cumulative count for this socket
+        poller_fd = sock.fileno()
+        import select
+        poll = select.poll()
+        poll.register(poller_fd, select.POLLIN)
+
+        def new_buffer():
+            b = np.empty(chunk_bytes + MAX_DATAGRAM, np.uint8)
+            return b, memoryview(b)
+
+        buf, mv = new_buffer()
+        off = 0
+        ndg = 0
+        t_first = 0.0
+        checks = 0
+        while True:
+            try:
+                n, anc, _flags, _addr = recv([mv[off:off + MAX_DATAGRAM]], anc_size)
+            except BlockingIOError:
+                # idle: flush a partial chunk on time-out, apply commands, check stop
+                now = time.monotonic()
+                if off and now - t_first >= flush_s:
+                    self._handoff(buf, off, ndg)
+                    buf, mv = new_buffer()
+                    off = ndg = 0
+                if self._has_pending:
+                    if off:
+                        self._handoff(buf, off, ndg)
+                        buf, mv = new_buffer()
+                        off = ndg = 0
+                    self._apply_commands()
+                if ctrl[1] or self._orphaned():       # CTRL_FORCE
+                    return False
+                if ctrl[0] or not self.enable:       # CTRL_DRAIN
+                    if off:
+                        self._handoff(buf, off, ndg)
+                    self.raw2disk.stop()
+                    return True
+                wait_ms = 50 if not off else max(1, int(1000 * (t_first + flush_s - now)) + 1)
+                poll.poll(min(wait_ms, 50))
+                continue
+            if anc:
+                for level, typ, data in anc:
+                    if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(data) >= 4:
+                        d = int.from_bytes(data[:4], "little")
+                        if d != last_drops:
+                            c.add("kernel_drops", (d - last_drops) & 0xFFFFFFFF)
+                            last_drops = d
+            if off == 0:
+                t_first = time.monotonic()
+            off += n
+            ndg += 1
+            checks += 1
+            if off >= chunk_bytes or ndg >= max_dgrams or self._has_pending or checks >= 64:
+                checks = 0
+                if off >= chunk_bytes or ndg >= max_dgrams or self._has_pending \
+                        or time.monotonic() - t_first >= flush_s:
+                    self._handoff(buf, off, ndg)
+                    buf, mv = new_buffer()
+                    off = ndg = 0
+                    if self._has_pending:
+                        self._apply_commands()
+                if ctrl[1] or self._orphaned():
+                    return False
+                if ctrl[0] or not self.enable:
+                    if off:
+                        self._handoff(buf, off, ndg)
+                    self.raw2disk.stop()
+                    return True
+
+    def post_run(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        return None

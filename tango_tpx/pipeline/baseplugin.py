@@ -211,9 +211,11 @@ class BasePipelineObject(mp.Process):
                 if last is not None and last[0] is not None:
                     self.pushOutput(*last)
                 self._send_eos()
-        except BaseException:
+        except BaseException as exc:
             code = 1
-            self.report("error", traceback.format_exc())
+            self.report("error", traceback.format_exc(),
+                        (type(exc).__name__, getattr(exc, "errno", None) or 0,
+                         getattr(exc, "strerror", None) or str(exc), isinstance(exc, OSError)))
         finally:
             try:
                 if self._ctx is not None:

@@ -84,23 +84,26 @@ class Centroids(_SoA):
 # ----------------------------------------------------------------------------------------
 # numba kernels
 # ----------------------------------------------------------------------------------------
-# accumulator columns, one 64-byte row per cluster
-_T0, _TRIG, _SX, _SY, _ST, _TSUM, _TMAX, _SIZE = range(8)
+@numba.njit(cache=True, nogil=True)
+def _new_acc(k):
+    return (np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64),
+            np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64))
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _add_hit(acc, c, i, trig, x, y, t, tot):
+    t0, tr, sx, sy, st, tsum, tmax, size = acc
     w = np.int64(tot[i])
-    if acc[c, _SIZE] == 0:
-        acc[c, _T0] = t[i]
-        acc[c, _TRIG] = trig[i]
-    acc[c, _SX] += np.int64(x[i]) * w
-    acc[c, _SY] += np.int64(y[i]) * w
-    acc[c, _ST] += (t[i] - acc[c, _T0]) * w
-    acc[c, _TSUM] += w
-    if w > acc[c, _TMAX]:
-        acc[c, _TMAX] = w
-    acc[c, _SIZE] += 1
+    if size[c] == 0:
+        t0[c] = t[i]
+        tr[c] = trig[i]
+    sx[c] += np.int64(x[i]) * w
+    sy[c] += np.int64(y[i]) * w
+    st[c] += (t[i] - t0[c]) * w
+    tsum[c] += w
+    if w > tmax[c]:
+        tmax[c] = w
+    size[c] += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -112,9 +115,10 @@ def _finish(acc, min_size, tw_units):
     per ToT bin, indexed by tot_max - 1, clamped; empty = no correction). Every hit has
     tot >= 1 (tot > tot_threshold >= 0), so the ToT sums are never zero.
     """
+    t0, tr, sx, sy, st, tsum, tmax, size = acc
     k = 0
-    for c in range(acc.shape[0]):
-        if acc[c, _SIZE] >= min_size:
+    for c in range(size.size):
+        if size[c] >= min_size:
             k += 1
     o_trig = np.empty(k, np.int64)
     o_x = np.empty(k, np.float32)
@@ -126,23 +130,22 @@ def _finish(acc, min_size, tw_units):
     o_size = np.empty(k, np.uint32)
     nlut = tw_units.size
     m = 0
-    for c in range(acc.shape[0]):
-        size = acc[c, _SIZE]
-        if size < min_size:
+    for c in range(size.size):
+        if size[c] < min_size:
             continue
-        wsum = acc[c, _TSUM]
-        o_trig[m] = acc[c, _TRIG]
-        o_x[m] = acc[c, _SX] / wsum
-        o_y[m] = acc[c, _SY] / wsum
-        tof = acc[c, _T0] + (2 * acc[c, _ST] + wsum) // (2 * wsum)
+        wsum = tsum[c]
+        o_trig[m] = tr[c]
+        o_x[m] = sx[c] / wsum
+        o_y[m] = sy[c] / wsum
+        tof = t0[c] + (2 * st[c] + wsum) // (2 * wsum)
         if nlut > 0:
-            b = min(max(acc[c, _TMAX] - 1, 0), nlut - 1)
+            b = min(max(tmax[c] - 1, 0), nlut - 1)
             tof -= tw_units[b]
         o_t[m] = tof
         o_tsum[m] = wsum
-        o_tavg[m] = wsum / size
-        o_tmax[m] = acc[c, _TMAX]
-        o_size[m] = size
+        o_tavg[m] = wsum / size[c]
+        o_tmax[m] = tmax[c]
+        o_size[m] = size[c]
         m += 1
     return o_trig, o_x, o_y, o_t, o_tsum, o_tavg, o_tmax, o_size
 
@@ -151,7 +154,7 @@ def _finish(acc, min_size, tw_units):
 def _accumulate_parent(parent, n_clusters, trig, x, y, t, tot, min_size, tw_units):
     """Centroids straight from the union-find forest of ``union_pass`` (hits in (trig, t)
     order). ``parent`` is consumed: roots are overwritten with ``-2 - cluster_id``."""
-    acc = np.zeros((n_clusters, 8), np.int64)
+    acc = _new_acc(n_clusters)
     k = 0
     for i in range(parent.size):
         p = parent[i]
@@ -162,7 +165,7 @@ def _accumulate_parent(parent, n_clusters, trig, x, y, t, tot, min_size, tw_unit
             k += 1
             parent[i] = -2 - c
         else:
-            # the root (earliest hit) was visited before: it holds its negative cluster code
+            # parents point to earlier hits, already visited: the root holds its cluster code
             r = p
             while parent[r] >= 0:
                 r = parent[r]
@@ -175,7 +178,7 @@ def _accumulate_parent(parent, n_clusters, trig, x, y, t, tot, min_size, tw_unit
 @numba.njit(cache=True, nogil=True)
 def _accumulate_labels(labels, n_clusters, trig, x, y, t, tot, min_size, tw_units):
     """Centroids of hits in (trig, t) order with given labels 0..n_clusters-1 (-1 skipped)."""
-    acc = np.zeros((n_clusters, 8), np.int64)
+    acc = _new_acc(n_clusters)
     for i in range(labels.size):
         c = labels[i]
         if c >= 0:

@@ -87,40 +87,81 @@ def make_transport(source: Any):
 
 
 class _SharedState:
-    """Status string and int64 counters in shared memory (process- and thread-safe)."""
+    """Status string and int64 counters in lock-free shared memory.
+
+    One writer (the read loop), any number of readers in any process. Consistency uses
+    a sequence counter (odd while a write is in progress; readers retry), not a lock,
+    so a writer killed at any moment can never block the parent.
+    """
 
     def __init__(self, ctx=None) -> None:
         ctx = ctx or mp.get_context("spawn")
-        self.status = ctx.Array("c", _STATUS_BYTES)
-        self.counters = ctx.Array("q", len(COUNTER_NAMES))
+        self._seq = ctx.RawValue("q", 0)
+        self._status = ctx.RawArray("c", _STATUS_BYTES)
+        self._counters = ctx.RawArray("q", len(COUNTER_NAMES))
+
+    def _begin(self) -> None:
+        self._seq.value += 1
+
+    def _end(self) -> None:
+        self._seq.value += 1
+
+    def _read(self, fn):
+        for _ in range(1000):
+            s0 = self._seq.value
+            if s0 % 2 == 0:
+                out = fn()
+                if self._seq.value == s0:
+                    return out
+            time.sleep(0)
+        return fn()  # writer died mid-write: best effort
 
     def set_status(self, text: str) -> None:
         raw = text.encode("utf-8", "replace")[:_STATUS_BYTES - 1]
-        with self.status.get_lock():
-            self.status.value = raw
+        self._begin()
+        self._status.value = raw
+        self._end()
 
     def get_status(self) -> str:
-        with self.status.get_lock():
-            return self.status.value.decode("utf-8", "replace")
+        return self._read(lambda: self._status.value).decode("utf-8", "replace")
 
     def add(self, name: str, n: int = 1) -> None:
-        with self.counters.get_lock():
-            self.counters[_IDX[name]] += n
+        self._begin()
+        self._counters[_IDX[name]] += n
+        self._end()
 
     def put(self, **values: int) -> None:
-        with self.counters.get_lock():
-            for name, v in values.items():
-                self.counters[_IDX[name]] = int(v)
+        self._begin()
+        for name, v in values.items():
+            self._counters[_IDX[name]] = int(v)
+        self._end()
 
     def snapshot(self) -> dict[str, int]:
-        with self.counters.get_lock():
-            vals = list(self.counters)
+        vals = self._read(lambda: list(self._counters))
         return dict(zip(COUNTER_NAMES, (int(v) for v in vals)))
 
-    def reset(self) -> None:
-        with self.counters.get_lock():
-            for i in range(len(COUNTER_NAMES)):
-                self.counters[i] = 0
+
+class _SharedFlag:
+    """A stop flag in shared memory with the ``threading.Event`` methods the read loop
+    uses; ``wait`` polls (no condition variable that a killed process could break)."""
+
+    def __init__(self, ctx) -> None:
+        self._v = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._v.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._v.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._v.value:
+            left = 0.02 if deadline is None else min(0.02, deadline - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(left)
+        return bool(self._v.value)
 
 
 class _ZmqPublisher:
@@ -340,7 +381,7 @@ class USBTrainID(_ReaderBase):
         self.zmq_format = zmq_format
         self._ctx = mp.get_context(mp_context)
         self._state = _SharedState(self._ctx)
-        self._stop = self._ctx.Event()
+        self._stop = _SharedFlag(self._ctx)
         self.queue = self._ctx.Queue(queue_size)
         self._loop_kwargs = dict(read_timeout_s=read_timeout_s, reconnect_min_s=reconnect_min_s,
                                  reconnect_max_s=reconnect_max_s, parser_kwargs=parser_kwargs)

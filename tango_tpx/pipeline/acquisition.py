@@ -1,0 +1,528 @@
+"""Acquisition pipelines (pymepix names): AcquisitionPipeline, PixelPipeline, CentroidPipeline.
+
+Process layout of one run (every box a process, arrows ZeroMQ PUSH->PULL over ipc://)::
+
+    UdpSampler --RawData--> PipelinePacketProcessor --EventData--> PipelineCentroidCalculator x N
+        |  (Raw2Disk thread)          |  PixelData / TriggerData                 |  CentroidData
+        +-----------------------------+------------------> collector thread (in the caller's
+                                                           process): re-orders CentroidData by
+                                                           sequence number, puts (MessageType, data)
+                                                           on ``data_queue`` and publishes on PUB
+
+Data goes to the collector only when somebody wants it (``data_queue`` given or a PUB
+``stream_address``); otherwise stages only count. Stop: the pipeline raises the shared
+DRAIN flag; the sampler hands off its last chunk, closes the recording and sends an
+end-of-stream marker, which each stage forwards after flushing; whatever has not ended
+3.5 s later is forced (flag, SIGTERM, SIGKILL), so :meth:`AcquisitionPipeline.stop` always
+returns within 5 s. A stage that raises reports its traceback; a stage that vanishes is
+found by its exit code; both show in :meth:`AcquisitionPipeline.fault`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from . import transport
+from .baseplugin import StageWiring
+from .centroid import PipelineCentroidCalculator
+from .counters import CTRL_DRAIN, CTRL_FORCE, SharedCounters, SharedPreview
+from .messages import MessageType, decode_frames
+from .packetprocessor import PipelinePacketProcessor
+from .stage import AcquisitionStage
+from .udpsampler import UdpSampler
+
+DATA_TYPES = frozenset({MessageType.PixelData, MessageType.TriggerData, MessageType.EventData,
+                        MessageType.CentroidData})
+#: seconds start() waits for every stage to report ready (numba kernels load from cache).
+READY_TIMEOUT_S = 60.0
+#: stop(): clean-drain budget before processes are forced.
+DRAIN_S = 3.0
+
+
+class _Collector(threading.Thread):
+    """Receives the final outputs in the caller's process; re-orders and delivers them."""
+
+    def __init__(self, address: str, expected_eos: int, data_queue: Any, pub: zmq.Socket | None,
+                 counters: SharedCounters) -> None:
+        super().__init__(name="pipeline-collector", daemon=True)
+        self.address = address
+        self.expected_eos = expected_eos
+        self.data_queue = data_queue
+        self.pub = pub
+        self.counters = counters
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.stop_flag = False
+        self.error: str | None = None
+        self.ctx: zmq.Context | None = None
+
+    def run(self) -> None:
+        sock = None
+        try:
+            self.ctx = zmq.Context()
+            sock = transport.pull_socket(self.ctx, self.address, hwm=1000)
+            self.ready.set()
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            eos = 0
+            next_seq = 0
+            held: dict[int, Any] = {}
+            while not self.stop_flag:
+                if not poller.poll(50):
+                    continue
+                frames = sock.recv_multipart(copy=False)
+                mtype, data, seq, meta = decode_frames(frames)
+                if mtype == MessageType.EndOfStream:
+                    eos += 1
+                    if eos >= self.expected_eos:
+                        break
+                    continue
+                if mtype == MessageType.CentroidData:      # restore the decoder's order
+                    held[seq] = (frames, mtype, data)
+                    while next_seq in held:
+                        self._deliver(*held.pop(next_seq))
+                        next_seq += 1
+                else:
+                    self._deliver(frames, mtype, data)
+            for s in sorted(held):                         # gaps only after a dead worker
+                self._deliver(*held[s])
+        except Exception as exc:  # reported through AcquisitionPipeline.fault()
+            self.error = f"collector: {type(exc).__name__}: {exc}"
+        finally:
+            self.ready.set()
+            if sock is not None:
+                sock.close(linger=0)
+            if self.pub is not None:
+                pass
+            self.done.set()
+
+    def _deliver(self, frames, mtype, data) -> None:
+        if self.data_queue is not None:
+            self.data_queue.put((mtype, data))
+        if self.pub is not None:
+            try:
+                self.pub.send_multipart([mtype.name.encode()] + list(frames), copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        self.counters.add("delivered", 1)
+
+
+class AcquisitionPipeline:
+    """A chain of :class:`AcquisitionStage` s run as processes (pymepix API).
+
+    name: label; data_queue: where ``(MessageType, data)`` results go (anything with
+    ``put``), or None. Extras: ``stream_address`` (bind a ZMQ PUB there and publish the
+    results, see :mod:`tango_tpx.pipeline.messages`), ``counters``/``preview`` (shared
+    objects to use instead of private ones).
+    """
+
+    def __init__(self, name: str, data_queue: Any = None, *, stream_address: str | None = None,
+                 counters: SharedCounters | None = None, preview: SharedPreview | None = None) -> None:
+        self.name = name
+        self._data_queue = data_queue
+        self._stages: list[AcquisitionStage] = []
+        self._running = False
+        self.stream_address = stream_address
+        self.counters = counters if counters is not None else SharedCounters()
+        self.preview_shared = preview if preview is not None else SharedPreview()
+        self._lock = threading.RLock()
+        self._reports_lock = threading.Lock()
+        self._errors: list[str] = []
+        self._error_info: list[tuple] = []
+        self._faults: list[str] = []
+        self._replies: dict[int, tuple] = {}
+        self._cid = itertools.count(1)
+        self._stopping = False
+        self._collector: _Collector | None = None
+        self._pub_ctx: zmq.Context | None = None
+        self._pub: zmq.Socket | None = None
+        self._run_dir: str | None = None
+        self.recording_file = ""
+
+    # -- pymepix API ----------------------------------------------------------------------
+    def addStage(self, stage_number: int, pipeline_klass: type, *args: Any, num_processes: int = 1,
+                 **kwargs: Any) -> AcquisitionStage:
+        """Add a stage running ``pipeline_klass(*args, **kwargs)`` in ``num_processes`` processes."""
+        stage = AcquisitionStage(stage_number, num_processes)
+        stage.configureStage(pipeline_klass, *args, **kwargs)
+        self._stages = sorted([s for s in self._stages if s.stage != stage_number] + [stage],
+                              key=lambda s: s.stage)
+        return stage
+
+    def getStage(self, stage_number: int) -> AcquisitionStage | None:
+        for s in self._stages:
+            if s.stage == stage_number:
+                return s
+        return None
+
+    @property
+    def stages(self) -> list[AcquisitionStage]:
+        return self._stages
+
+    @property
+    def isRunning(self) -> bool:
+        return self._running
+
+    # -- start ----------------------------------------------------------------------------
+    def _wire(self) -> None:
+        run = self._run_dir
+        wants = bool(self._data_queue is not None or self._pub is not None)
+        inputs: list[list[str]] = []
+        for i, s in enumerate(self._stages):
+            if i == 0:
+                inputs.append([])
+            elif s.numProcess == 1:
+                inputs.append([transport.ipc_address(run, f"s{i}")])
+            else:
+                inputs.append([transport.ipc_address(run, f"s{i}-{k}") for k in range(s.numProcess)])
+        collector = transport.ipc_address(run, "collector")
+        for i, s in enumerate(self._stages):
+            nxt = self._stages[i + 1] if i + 1 < len(self._stages) else None
+            down_types = frozenset(nxt.klass.accepts) if nxt is not None else frozenset()
+            forward = (DATA_TYPES - down_types) if wants else frozenset()
+            s.wirings = [StageWiring(
+                counters=self.counters, preview=self.preview_shared, parent_pid=os.getpid(),
+                input_address=inputs[i][k] if inputs[i] else None,
+                expected_eos=self._stages[i - 1].numProcess if i else 0,
+                down_addresses=list(inputs[i + 1]) if nxt is not None else [],
+                down_types=down_types, collector_address=collector, forward_types=forward,
+                stage_slot=i, next_slot=i + 1, worker_index=k,
+            ) for k in range(s.numProcess)]
+        self._collector_address = collector
+
+    def start(self) -> None:
+        """Build and start every stage; returns once all report ready.
+
+        Raises OSError (naming the UDP address) if the receiver cannot bind, RuntimeError
+        if a stage fails to start.
+        """
+        with self._lock:
+            if self._running:
+                return
+            self._errors, self._faults, self._replies, self._error_info = [], [], {}, []
+            self._stopping = False
+            self.counters.ctrl[CTRL_DRAIN] = 0
+            self.counters.ctrl[CTRL_FORCE] = 0
+            self._run_dir = transport.make_run_dir()
+            try:
+                if self.stream_address:
+                    self._pub_ctx = zmq.Context()
+                    self._pub = self._pub_ctx.socket(zmq.PUB)
+                    self._pub.setsockopt(zmq.LINGER, 0)
+                    self._pub.setsockopt(zmq.SNDHWM, 1000)
+                    self._pub.bind(self.stream_address)
+                self._wire()
+                n_proc = sum(s.numProcess for s in self._stages)
+                self._collector = _Collector(self._collector_address, n_proc, self._data_queue,
+                                             self._pub, self.counters)
+                self._collector.start()
+                self._collector.ready.wait(5.0)
+                for s in self._stages:
+                    s.build()
+                    for p in s.processes:
+                        if isinstance(p, UdpSampler):
+                            p._cmd_sender = self._command_sampler
+                # downstream first so that their inputs exist before data flows
+                for s in reversed(self._stages):
+                    s.start()
+                self._running = True
+                self._wait_ready()
+            except BaseException:
+                self._teardown(force=True)
+                raise
+
+    def _wait_ready(self) -> None:
+        pending = {id(c): (s, p) for s in self._stages for p, c in zip(s.processes, s.connections)}
+        ready: set[int] = set()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while len(ready) < len(pending):
+            self._poll_reports(0.05, ready_sink=ready)
+            if self._errors:
+                info = self._error_info[0] if self._error_info else None
+                if info is not None and info[3]:
+                    raise OSError(info[1], info[2])
+                raise RuntimeError(f"pipeline failed to start: {self._errors[0]}")
+            dead = [p for s in self._stages for p in s.processes
+                    if p.exitcode is not None and id(p) not in ready]
+            if dead:
+                self._poll_reports(0.2, ready_sink=ready)
+                if not self._errors:
+                    raise RuntimeError(f"stage {dead[0].name} exited with code {dead[0].exitcode} during start")
+            if time.monotonic() > deadline:
+                raise RuntimeError("pipeline stages did not become ready in time")
+
+    # -- reports from the stages -----------------------------------------------------------
+    def _poll_reports(self, timeout: float = 0.0, ready_sink: set | None = None) -> None:
+        from multiprocessing.connection import wait
+        with self._reports_lock:
+            conns = {}
+            for s in self._stages:
+                for p, c in zip(s.processes, s.connections):
+                    if not c.closed:
+                        conns[c] = p
+            if not conns:
+                return
+            try:
+                ready_conns = wait(list(conns), timeout)
+            except OSError:
+                return
+            for c in ready_conns:
+                p = conns[c]
+                try:
+                    while c.poll():
+                        msg = c.recv()
+                        self._handle_report(p, msg, ready_sink)
+                except (EOFError, OSError):
+                    c.close()
+
+    def _handle_report(self, p, msg: tuple, ready_sink: set | None) -> None:
+        kind, name = msg[0], msg[1]
+        if kind == "ready":
+            if ready_sink is not None:
+                ready_sink.add(id(p))
+        elif kind == "error":
+            tb = msg[2]
+            last = tb.strip().splitlines()[-1] if tb.strip() else "unknown error"
+            self._errors.append(f"stage {name} (pid {p.pid}) failed: {last}\n{tb}")
+            if len(msg) > 3:
+                self._error_info.append(msg[3])
+        elif kind == "fault":
+            self._faults.append(f"stage {name}: {msg[2]}")
+        elif kind == "reply":
+            self._replies[msg[2]] = (msg[3], msg[4])
+
+    def fault(self) -> str | None:
+        """Why the pipeline is broken (dead stage with its exception, disk full ...), or None."""
+        self._poll_reports(0.0)
+        msgs = list(self._errors) + list(self._faults)
+        if self._running and not self._stopping:
+            for s in self._stages:
+                for p in s.processes:
+                    code = p.exitcode
+                    if code is not None and not any(f"stage {p.name} " in m for m in self._errors):
+                        msgs.append(f"stage {p.name} (pid {p.pid}) died with exit code {code}")
+        if self._collector is not None and self._collector.error:
+            msgs.append(self._collector.error)
+        return "; ".join(m.splitlines()[0] if i else m for i, m in enumerate(msgs)) if msgs else None
+
+    # -- recording ------------------------------------------------------------------------
+    def _sampler(self) -> tuple[Any, Any]:
+        s = self._stages[0]
+        return s.processes[0], s.connections[0]
+
+    def _command_sampler(self, name: str, arg: Any, timeout: float = 5.0) -> Any:
+        if not self._running or not self._stages or not self._stages[0].processes:
+            raise RuntimeError("the acquisition is not running")
+        p, conn = self._sampler()
+        cid = next(self._cid)
+        with self._reports_lock:
+            conn.send(("cmd", cid, name, arg))
+        deadline = time.monotonic() + timeout
+        while cid not in self._replies:
+            if time.monotonic() > deadline or p.exitcode is not None:
+                raise TimeoutError(f"UDP receiver did not answer {name!r} within {timeout} s")
+            self._poll_reports(0.02)
+        ok, value = self._replies.pop(cid)
+        if not ok:
+            etype, errno_, text = value
+            if etype == "FileExistsError":
+                raise FileExistsError(errno_, text)
+            raise OSError(errno_, text)
+        return value
+
+    def open_file(self, path: str) -> str:
+        """Start recording the raw stream to ``path`` (pymepix .raw with header); returns
+        the absolute path. FileExistsError if it exists. Switching files loses no byte."""
+        with self._lock:
+            path = os.path.abspath(path)
+            if os.path.exists(path):
+                raise FileExistsError(17, f"refusing to overwrite {path}")
+            result = self._command_sampler("open", path)
+            self.recording_file = result
+            return result
+
+    def close_file(self) -> tuple[str, int]:
+        """Stop recording; returns (path, payload bytes written) once the file is closed."""
+        with self._lock:
+            if not self._running:
+                self.recording_file = ""
+                return ("", 0)
+            result = self._command_sampler("close", None)
+            self.recording_file = ""
+            return tuple(result)
+
+    # -- stop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Drain and stop every process and socket; always returns within 5 s."""
+        with self._lock:
+            if not self._running:
+                return
+            self._stopping = True
+            self._teardown(force=False)
+
+    def _teardown(self, force: bool) -> None:
+        c = self.counters
+        t0 = time.monotonic()
+        c.ctrl[CTRL_DRAIN] = 1
+        if force:
+            c.ctrl[CTRL_FORCE] = 1
+        deadline = t0 + (0.5 if force else DRAIN_S)
+        for s in self._stages:
+            s.join(deadline)
+            self._poll_reports(0.0)
+        if any(s.alive() for s in self._stages):
+            c.ctrl[CTRL_FORCE] = 1
+            for s in self._stages:
+                s.join(time.monotonic() + 0.3)
+            for s in self._stages:
+                s.kill(grace=0.2)
+        self._poll_reports(0.0)
+        col = self._collector
+        if col is not None:
+            col.done.wait(max(0.05, min(0.5, t0 + 4.2 - time.monotonic())))
+            col.stop_flag = True
+            col.join(1.0)
+            if col.ctx is not None and not col.is_alive():
+                col.ctx.term()
+        if self._pub is not None:
+            self._pub.close(linger=0)
+            self._pub_ctx.term()
+            self._pub, self._pub_ctx = None, None
+        for s in self._stages:
+            s.release()
+        if self._run_dir:
+            transport.remove_run_dir(self._run_dir)
+            self._run_dir = None
+        c.ctrl[CTRL_DRAIN] = 0
+        c.ctrl[CTRL_FORCE] = 0
+        self.recording_file = ""
+        self._running = False
+
+    def set_longtime(self, ticks_25ns: int) -> None:
+        """Re-anchor the decoder's time extension on a 48-bit global time (25 ns ticks),
+        e.g. read from the SPIDR timer."""
+        from .counters import CTRL_LONGTIME, CTRL_LONGTIME_GEN
+        self.counters.ctrl[CTRL_LONGTIME] = int(ticks_25ns)
+        self.counters.ctrl[CTRL_LONGTIME_GEN] += 1
+
+
+class PixelPipeline(AcquisitionPipeline):
+    """UDP receiver + decoder (pymepix): ``PixelData``/``TriggerData`` or, with
+    ``use_event``, ``EventData``/``TriggerData`` on ``data_queue``.
+
+    address: (host, port) to receive on; longtime: initial 48-bit global time (25 ns
+    ticks) or a ``multiprocessing.Value`` holding it, or None; event_window: (min, max)
+    ToF in s. Keyword extras: layout ('single' | 'quad'), stream_address, counters,
+    preview, preview_period_s, timewalk_lut, chunk_bytes, flush_timeout, rcvbuf_bytes.
+    Settings take effect at the next :meth:`start`.
+    """
+
+    def __init__(self, data_queue: Any, address: tuple[str, int], longtime: Any = None,
+                 use_event: bool = False, name: str = "Pixel", event_window: tuple[float, float] = (0, 0.001),
+                 *, layout: str = "single", stream_address: str | None = None,
+                 counters: SharedCounters | None = None, preview: SharedPreview | None = None,
+                 preview_period_s: float = 1.0, timewalk_lut: Any = None, chunk_bytes: int = 4 << 20,
+                 flush_timeout: float = 0.3, rcvbuf_bytes: int = 256 << 20) -> None:
+        if preview is None:
+            side = 516 if layout == "quad" else 256
+            preview = SharedPreview(side, side)
+        super().__init__(name, data_queue, stream_address=stream_address, counters=counters, preview=preview)
+        self.address = address
+        self.longtime = longtime
+        self._use_events = bool(use_event)
+        self._event_window = (float(event_window[0]), float(event_window[1]))
+        self.layout = layout
+        self.preview_period_s = preview_period_s
+        self.timewalk_lut = timewalk_lut
+        self.addStage(0, UdpSampler, address, longtime, flush_timeout=flush_timeout,
+                      chunk_bytes=chunk_bytes, rcvbuf_bytes=rcvbuf_bytes)
+        self.addStage(2, PipelinePacketProcessor)
+        self._reconfigureProcessor()
+
+    def _reconfigureProcessor(self) -> None:
+        self.getStage(2).configureStage(
+            PipelinePacketProcessor, use_events=self._use_events, event_window=self._event_window,
+            timewalk_lut=self.timewalk_lut, layout=self.layout, longtime=self.longtime,
+            preview_period_s=self.preview_period_s)
+
+    @property
+    def enableEvents(self) -> bool:
+        """Compute events/ToF (True) or pass pixels (False); takes effect at the next start."""
+        return self._use_events
+
+    @enableEvents.setter
+    def enableEvents(self, value: bool) -> None:
+        self._use_events = bool(value)
+        self._reconfigureProcessor()
+
+    @property
+    def eventWindow(self) -> tuple[float, float]:
+        """(min, max) ToF window in s; takes effect at the next start."""
+        return self._event_window
+
+    @eventWindow.setter
+    def eventWindow(self, value: tuple[float, float]) -> None:
+        self._event_window = (float(value[0]), float(value[1]))
+        self._reconfigureProcessor()
+
+
+class CentroidPipeline(PixelPipeline):
+    """PixelPipeline + centroiding in :attr:`numBlobProcesses` worker processes (pymepix);
+    ``CentroidData`` (re-ordered) and ``TriggerData`` on ``data_queue``.
+
+    Keyword extras as :class:`PixelPipeline` plus num_processes (centroid workers),
+    dbscan_clustering, tot_threshold (ToT counts), cent_timewalk_lut, clustering_args.
+    """
+
+    def __init__(self, data_queue: Any, address: tuple[str, int], longtime: Any = None, *,
+                 num_processes: int = 1, dbscan_clustering: bool = False, tot_threshold: int = 0,
+                 cent_timewalk_lut: Any = None, clustering_args: dict | None = None,
+                 event_window: tuple[float, float] = (0, 0.001), **kwargs: Any) -> None:
+        super().__init__(data_queue, address, longtime, use_event=True, name="Centroid",
+                         event_window=event_window, **kwargs)
+        self._dbscan = bool(dbscan_clustering)
+        self._tot_threshold = int(tot_threshold)
+        self._cent_lut = cent_timewalk_lut
+        self._clustering_args = dict(clustering_args or {})
+        self.addStage(4, PipelineCentroidCalculator, num_processes=num_processes)
+        self._reconfigureCentroid()
+
+    def _reconfigureCentroid(self) -> None:
+        self.getStage(4).configureStage(PipelineCentroidCalculator, calc_args=dict(
+            dbscan_clustering=self._dbscan, tot_threshold=self._tot_threshold,
+            cent_timewalk_lut=self._cent_lut, clustering_args=self._clustering_args))
+
+    @property
+    def numBlobProcesses(self) -> int:
+        """Centroiding processes; takes effect at the next start."""
+        return self.getStage(4).numProcess
+
+    @numBlobProcesses.setter
+    def numBlobProcesses(self, value: int) -> None:
+        self.getStage(4).numProcess = max(1, int(value))
+
+    @property
+    def totThreshold(self) -> int:
+        """Keep hits with ToT > this (ToT counts of 25 ns); next start."""
+        return self._tot_threshold
+
+    @totThreshold.setter
+    def totThreshold(self, value: int) -> None:
+        self._tot_threshold = int(value)
+        self._reconfigureCentroid()
+
+    @property
+    def dbscanClustering(self) -> bool:
+        """pymepix's DBSCAN (True) or the fast connected-components clustering; next start."""
+        return self._dbscan
+
+    @dbscanClustering.setter
+    def dbscanClustering(self, value: bool) -> None:
+        self._dbscan = bool(value)
+        self._reconfigureCentroid()

@@ -1,0 +1,284 @@
+"""Integration of the real parts: embedded Tango DB process + ``TangoTpx`` server process +
+simulated SPIDR data over UDP on loopback + clients (DeviceProxy through the database, Taurus).
+
+One database and one server are shared by the module (start-up costs a few seconds on two
+cores); every test leaves the device ON. Fixtures stop whole process groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tango = pytest.importorskip("tango")
+from tango import DevFailed, DevState  # noqa: E402
+
+from tango_tpx.device.database import (  # noqa: E402
+    EmbeddedDatabase,
+    free_port,
+    register_config,
+    start_device_server,
+    stop_process_group,
+    wait_for_device,
+)
+
+DEVICE = "tpx3/detector/1"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _udp_port() -> int:
+    return free_port(kind=socket.SOCK_DGRAM)
+
+
+class System:
+    """The database, the server process and a proxy; restartable."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.db = EmbeddedDatabase(workdir=tmp / "db").start()
+        self.udp_port = _udp_port()
+        host, port = self.db.tango_host.split(":")
+        self.database = tango.Database(host, int(port))
+        register_config(None, db=self.database, overrides={DEVICE: {
+            "UdpPort": [str(self.udp_port)], "DataStreamAddress": [""], "SummaryPeriod": ["0.25"]}})
+        self.url = f"tango://{self.db.tango_host}/{DEVICE}"
+        self.server: subprocess.Popen | None = None
+        self.log = open(tmp / "server.log", "w")
+        self.proxy = None
+        self.start_server()
+
+    def start_server(self) -> None:
+        self.server = start_device_server("demo", self.db.tango_host, log=self.log)
+        self.proxy = wait_for_device(self.url, timeout=60, proc=self.server)
+        self.proxy.set_timeout_millis(15000)
+
+    def stop_server(self) -> None:
+        stop_process_group(self.server, timeout=10)
+        self.server = None
+
+    def close(self) -> None:
+        self.stop_server()
+        self.db.stop()
+        self.log.close()
+
+    def server_log(self) -> str:
+        return (self.tmp / "server.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    s = System(tmp_path_factory.mktemp("tango-int"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def dev(system):
+    d = system.proxy
+    if d.state() != DevState.ON:
+        d.Init()
+    assert d.state() == DevState.ON, d.status()
+    yield d
+    try:
+        if d.state() == DevState.RUNNING:
+            d.Stop()
+        if d.RecordingFile:
+            d.CloseFile()
+    except DevFailed:
+        pass
+
+
+def _simulate(duration_s: float, rate_mhits: float, seed: int):
+    from tango_tpx.simulator import SimConfig, simulate
+
+    return simulate(SimConfig(rate_mhits=rate_mhits, duration_s=duration_s, seed=seed, trigger_hz=1000.0))
+
+
+def _send(words: np.ndarray, port: int, seconds: float, payload_bytes: int = 8192) -> None:
+    """Send ``words`` to 127.0.0.1:port in datagrams, spread over ``seconds``."""
+    data = words.astype("<u8").tobytes()
+    chunks = [data[i:i + payload_bytes] for i in range(0, len(data), payload_bytes)]
+    pause = seconds / max(1, len(chunks))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        t0 = time.monotonic()
+        for i, c in enumerate(chunks):
+            s.sendto(c, ("127.0.0.1", port))
+            delay = t0 + (i + 1) * pause - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+
+def _wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(120)
+def test_record_stream_through_database_with_change_events(system, dev, tmp_path):
+    from tango_tpx.tpx3.codec import Decoder
+    from tango_tpx.tpx3.files import inspect_file, iter_words
+
+    words, truth = _simulate(duration_s=1.5, rate_mhits=0.1, seed=3)
+    n_hits = len(truth.hits)
+    assert n_hits > 10_000
+
+    totals: list[int] = []
+    lock = threading.Lock()
+
+    def on_total(ev):
+        if not ev.err:
+            with lock:
+                totals.append(int(ev.attr_value.value))
+
+    # a second proxy, resolved by name through the database
+    client = tango.DeviceProxy(system.url)
+    client.set_timeout_millis(15000)
+    sid = client.subscribe_event("TotalHits", tango.EventType.CHANGE_EVENT, on_total)
+    try:
+        client.RecordingPath = str(tmp_path)
+        client.ResetCounters()
+        client.Start()
+        assert client.state() == DevState.RUNNING
+        raw_path = client.OpenFile("run.raw")
+        assert Path(raw_path).parent == tmp_path.resolve()
+        _send(words, system.udp_port, seconds=1.5)
+        _wait_for(lambda: client.TotalHits >= n_hits, 20, f"{n_hits} hits")
+        time.sleep(0.6)  # two more summary periods
+        client.CloseFile()
+        assert client.RecordingFile == ""
+        client.Stop()
+        assert client.state() == DevState.ON
+        assert client.TotalHits == n_hits
+        assert client.BytesReceived == words.size * 8
+        assert client.KernelDrops == 0 and client.MalformedWords == 0
+        trig1 = int(np.count_nonzero((truth.triggers.channel == 1) & truth.triggers.rising))
+        assert client.TotalTriggers >= trig1
+    finally:
+        client.unsubscribe_event(sid)
+
+    with lock:
+        seen = list(totals)
+    growing = [v for v in seen if 0 < v]
+    assert len(growing) >= 3, seen
+    assert growing == sorted(growing) and growing[-1] == n_hits
+
+    # the recording holds exactly the bytes sent while it was open
+    info = inspect_file(raw_path)
+    assert info.kind == "raw" and info.trailing_bytes == 0
+    assert info.n_words == words.size
+    recorded = np.concatenate(list(iter_words(raw_path)))
+    np.testing.assert_array_equal(recorded, words)
+    dec = Decoder().decode(recorded)
+    assert len(dec.pixels) == n_hits
+    np.testing.assert_array_equal(np.sort(dec.pixels.toa), np.sort(truth.hits.toa))
+
+
+@pytest.mark.timeout(60)
+def test_fault_on_occupied_udp_port_names_port_and_init_recovers(system, dev):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", system.udp_port))
+        with pytest.raises(DevFailed) as err:
+            dev.Start()
+        assert str(system.udp_port) in err.value.args[0].desc
+        assert dev.state() == DevState.FAULT
+        assert f"127.0.0.1:{system.udp_port}" in dev.status()
+        with pytest.raises(DevFailed) as err:
+            dev.Start()
+        assert "state FAULT" in err.value.args[0].desc
+    dev.Init()
+    assert dev.state() == DevState.ON
+    dev.Start()
+    assert dev.state() == DevState.RUNNING
+    dev.Stop()
+    assert dev.state() == DevState.ON
+
+
+@pytest.mark.timeout(90)
+def test_taurus_reads_every_attribute_and_gets_events(system, dev):
+    taurus = pytest.importorskip("taurus")
+    from taurus.core import TaurusEventType
+
+    base = f"tango://{system.db.tango_host}/{DEVICE}"
+    expected = {"TotThreshold": dev.TotThreshold, "EventWindowEnd": dev.EventWindowEnd,
+                "TotalHits": dev.TotalHits, "RecordingFile": dev.RecordingFile, "TrainId": -1}
+    names = [a.name for a in dev.attribute_list_query()]
+    assert {"HitRate", "Preview", "TofHistogram", "TofAxis", "ClusteringAlgorithm"} <= set(names)
+    for name in names:
+        value = taurus.Attribute(f"{base}/{name}").read().rvalue
+        if name in expected:
+            v = getattr(value, "magnitude", value)
+            assert v == expected[name], name
+    assert str(taurus.Attribute(f"{base}/EventWindowEnd").read().rvalue.units) == "microsecond"
+    assert str(taurus.Attribute(f"{base}/HitRate").read().rvalue.units) == "hertz"
+
+    got: list = []
+    attr = taurus.Attribute(f"{base}/TotalHits")
+
+    def listener(src, evt_type, evt_value):
+        if evt_type == TaurusEventType.Change and evt_value is not None:
+            got.append(getattr(evt_value.rvalue, "magnitude", evt_value.rvalue))
+
+    attr.addListener(listener)
+    try:
+        dev.Start()
+        _wait_for(lambda: len(got) >= 2, 10, "two Taurus change events")
+        dev.Stop()
+    finally:
+        attr.removeListener(listener)
+
+
+@pytest.mark.timeout(90)
+def test_memorized_settings_survive_server_restart(system, dev):
+    dev.EventWindowEnd = 650.0
+    dev.EventWindowStart = 25.0
+    dev.TotThreshold = 9
+    dev.Centroiding = False
+    system.stop_server()
+    system.start_server()
+    d = system.proxy
+    assert d.state() == DevState.ON
+    assert (d.EventWindowStart, d.EventWindowEnd, d.TotThreshold, d.Centroiding) == (25.0, 650.0, 9, False)
+    d.Centroiding = True
+    d.EventWindowStart = 0.0
+    d.EventWindowEnd = 1000.0
+    d.TotThreshold = 0
+
+
+@pytest.mark.timeout(60)
+def test_register_command_writes_dsconfig_into_database(system, tmp_path):
+    cfg = {"servers": {"TangoTpx": {"regtest": {"Timepix3": {"tpx3/test/2": {"properties": {
+        "UdpPort": ["12345"], "ChipLayout": ["quad"]}}}}}}}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    env = dict(os.environ, TANGO_HOST=system.db.tango_host)
+    r = subprocess.run([sys.executable, "-m", "tango_tpx.cli", "register", str(path)], env=env,
+                       capture_output=True, text=True, timeout=50)
+    assert r.returncode == 0, r.stderr
+    assert "registered tpx3/test/2" in r.stdout
+    props = system.database.get_device_property("tpx3/test/2", ["UdpPort", "ChipLayout"])
+    assert list(props["UdpPort"]) == ["12345"] and list(props["ChipLayout"]) == ["quad"]
+    info = system.database.get_device_info("tpx3/test/2")
+    assert info.class_name == "Timepix3" and info.ds_full_name == "TangoTpx/regtest"
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"servers": {"TangoTpx": {"x": {"Timepix3": {"a/b/c": {"properties": {
+        "UdpPort": 5}}}}}}}))
+    r = subprocess.run([sys.executable, "-m", "tango_tpx.cli", "register", str(bad)], env=env,
+                       capture_output=True, text=True, timeout=50)
+    assert r.returncode == 2 and "must be a list of strings" in r.stderr

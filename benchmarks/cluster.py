@@ -4,8 +4,9 @@ Runs the same hits through
   * ``fast``   tango-tpx connected components (sort check + label + centroids), one core;
   * ``fast_unsorted`` the same after a local shuffle (readout disorder), including the sort;
   * ``dbscan`` pymepix's DBSCAN mode (scikit-learn) on a subsample, scaled per hit;
-  * ``rustpix`` (optional extra ``bench``) clustering the same hits written as a .tpx3 file,
-    with ``parallelism=1`` so that the figure is per core;
+  * ``rustpix`` (optional extra ``bench``) clustering the same hits (the simulator's word
+    stream written as a .tpx3 file), its abs/grid/dbscan algorithms with RAYON_NUM_THREADS=1
+    so that the figures are per core;
 and prints Mhits/s and the ratios to dbscan (the pymepix baseline). Numba is warmed up on a
 small input outside the timed regions. The last line printed is one JSON object.
 
@@ -26,7 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # per-core figures: no BLAS/OpenMP threads
+# per-core figures: no BLAS/OpenMP threads, rustpix's rayon pool on one thread
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 import numpy as np
 
@@ -87,25 +90,27 @@ def generate_events(n_hits: int, hits_per_trigger: int = 1000, noise_fraction: f
 
 
 def simulated_events(n_hits: int, seed: int = 0):
-    """Events from the simulator's ground truth hits, or None when it is not available."""
+    """(sorted events, the same in the simulator's readout order, the word stream) from the
+    simulator's ground truth, or None when it is not available."""
     try:
         from tango_tpx.simulator import SimConfig, simulate
     except ImportError:
         return None
     try:
-        # ~1 Mhit/s at 1 kHz: 1000 hits per trigger, like the generator
-        cfg = SimConfig(rate_mhits=1.0, duration_s=n_hits / 1e6, seed=seed, trigger_hz=1000.0)
-        _, truth = simulate(cfg)
-        hits, trig = truth.hits, np.asarray(truth.trigger_nr)
-        tr = truth.triggers
-        rising = np.asarray(tr.time)[(np.asarray(tr.channel) == 1) & np.asarray(tr.rising)]
+        # default physics (ion ToF peaks, electrons, 5 % noise) at 4 Mhits/s, 1 kHz triggers
+        cfg = SimConfig(rate_mhits=4.0, duration_s=max(n_hits / 4e6, 0.01), seed=seed, trigger_hz=1000.0)
+        words, truth = simulate(cfg)
+        toa = np.asarray(truth.hits.toa)
+        # every hit (noise too) belongs to the last trigger at or before it, as in PacketProcessor
+        trig = np.searchsorted(truth.trigger_time, toa, side="right") - 1
         ok = trig >= 0
-        tof = np.asarray(hits.toa)[ok] - rising[trig[ok]]
-        ev = dict(trigger_nr=trig[ok].astype(np.int64), x=np.asarray(hits.x)[ok], y=np.asarray(hits.y)[ok],
-                  tof=tof.astype(np.int64), tot=np.asarray(hits.tot)[ok], toa=np.asarray(hits.toa)[ok])
-        order = np.lexsort((ev["tof"], ev["trigger_nr"]))
-        return {k: v[order] for k, v in ev.items()}
-    except Exception as exc:  # the simulator is someone else's work in progress
+        h = truth.hits
+        stream = dict(trigger_nr=trig[ok].astype(np.int64), x=np.asarray(h.x)[ok], y=np.asarray(h.y)[ok],
+                      tof=toa[ok] - np.asarray(truth.trigger_time)[trig[ok]], tot=np.asarray(h.tot)[ok],
+                      toa=toa[ok])
+        order = np.lexsort((stream["tof"], stream["trigger_nr"]))
+        return {k: v[order] for k, v in stream.items()}, stream, words
+    except Exception as exc:  # the simulator is someone else's work: fall back, say why
         print(f"simulator failed ({type(exc).__name__}: {exc}); using the local generator")
         return None
 
@@ -138,68 +143,46 @@ def timed(fn, repeat: int) -> tuple[float, object]:
     return best, result
 
 
-def write_tpx3(path: Path, ev: dict) -> int:
-    """Write the hits (time-ordered by toa) as an ASI .tpx3 file: chunks of b'TPX3', chip
-    byte, mode byte, uint16 size in bytes, then pixel words. Returns the number of hits."""
-    order = np.argsort(ev["toa"], kind="stable")
-    x = ev["x"][order].astype(np.uint64)
-    y = ev["y"][order].astype(np.uint64)
-    toa = ev["toa"][order]
-    tot = ev["tot"][order].astype(np.uint64)
-    try:
-        from tango_tpx.tpx3.encode import encode_pixels
-        words = np.asarray(encode_pixels(x, y, toa, tot), dtype=np.uint64)
-    except ImportError:
-        words = _encode_pixels_local(x, y, toa, tot)
-    chunk = 8000  # words per chunk: 64000 bytes fits the uint16 size field
-    with open(path, "wb") as f:
-        for s in range(0, words.size, chunk):
-            part = words[s:s + chunk]
-            f.write(b"TPX3" + bytes([0, 0]) + int(part.nbytes).to_bytes(2, "little"))
-            f.write(part.astype("<u8").tobytes())
-    return int(words.size)
+def bench_rustpix(words: np.ndarray, repeat: int) -> dict | str:
+    """rustpix on the simulator's word stream written as a .tpx3 file (tango-tpx's writer).
 
-
-def _encode_pixels_local(x, y, toa, tot) -> np.ndarray:
-    """Pixel words per the data spec (used only when the simulator's encoder is missing)."""
-    coarse = (toa + 4095) >> 12  # ceil to a 25 ns tick, then the fine part counts down
-    col = (x // 2) % 16
-    k = np.where(col == 0, 16, col).astype(np.int64)
-    ftoa = ((coarse << 12) + (k << 8) - toa) >> 8
-    ftoa = np.clip(ftoa, 0, 15).astype(np.uint64)
-    coarse = coarse.astype(np.uint64)
-    dcol = (x // 2) * 2
-    spix = (y // 4) * 4
-    pix = (x & 1) * 4 + (y & 3)
-    data = ((coarse & np.uint64(0x3FFF)) << np.uint64(14)) | ((tot & np.uint64(0x3FF)) << np.uint64(4)) | ftoa
-    spidr = (coarse >> np.uint64(14)) & np.uint64(0xFFFF)
-    return ((np.uint64(0xB) << np.uint64(60)) | (dcol << np.uint64(52)) | (spix << np.uint64(45))
-            | (pix << np.uint64(44)) | (data << np.uint64(16)) | spidr)
-
-
-def bench_rustpix(ev: dict, repeat: int) -> dict | None:
+    Per algorithm: ``cluster_hits`` (clustering + centroid extraction on hits already read,
+    the part comparable to ours) and ``process_tpx3_neutrons`` (file to neutrons, incl. the
+    read and decode). Rates are per core (RAYON_NUM_THREADS=1). Returns a reason string
+    when it cannot run."""
     try:
         import rustpix
     except ImportError:
-        return None
+        return "not installed (pip install 'tango-tpx[bench]')"
+    from tango_tpx.tpx3.files import Tpx3FileWriter
+
+    out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.tpx3"
-        n = write_tpx3(path, ev)
+        with Tpx3FileWriter(path) as w:
+            w.write_chip(0, words)
+        # same neighbourhood as ours: 8-neighbourhood (radius 1.5 px, Euclidean), 200 ns, >= 3 hits
         cfg = rustpix.ClusteringConfig(radius=1.5, temporal_window_ns=200.0, min_cluster_size=3)
-        out = {}
-        for algo in ("abs", "graph"):
-            def run():
-                res = rustpix.process_tpx3_neutrons(str(path), clustering_config=cfg, algorithm=algo,
-                                                    collect=True, parallelism=1)
-                return len(res.to_numpy()["x"])
+        for algo in ("abs", "grid", "dbscan"):
             try:
-                run()  # warm the page cache
-                dt, found = timed(run, repeat)
+                best = float("inf")
+                n = found = 0
+                for _ in range(repeat if algo != "dbscan" else 1):
+                    batch = rustpix.read_tpx3_hits(str(path))
+                    n = batch.len()
+                    t0 = time.perf_counter()
+                    res = rustpix.cluster_hits(batch, cfg, algorithm=algo)
+                    best = min(best, time.perf_counter() - t0)
+                    found = res.len()
+                t0 = time.perf_counter()
+                rustpix.process_tpx3_neutrons(str(path), clustering_config=cfg, algorithm=algo, collect=True)
+                dt_file = time.perf_counter() - t0
             except Exception as exc:
                 print(f"rustpix {algo} failed: {type(exc).__name__}: {exc}")
                 continue
-            out[algo] = dict(seconds=dt, mhits_s=n / dt / 1e6, clusters=int(found))
-        return out or None
+            out[algo] = dict(hits=n, seconds=best, mhits_s=n / best / 1e6, clusters=int(found),
+                             file_mhits_s=n / dt_file / 1e6)
+    return out or "every algorithm failed"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,14 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    ev = simulated_events(a.hits, a.seed)
-    source = "simulator"
-    if ev is None:
+    sim = simulated_events(a.hits, a.seed)
+    words = None
+    if sim is not None:
+        ev, shuffled, words = sim
+        source = "simulator"
+    else:
         ev = generate_events(a.hits, seed=a.seed)
+        shuffled = local_shuffle(ev, jitter_ns=300.0)
         source = "generator"
     n = int(ev["tof"].size)
-    print(f"{n} hits from the {source} ({time.perf_counter() - t0:.1f} s to make)")
-    shuffled = local_shuffle(ev, jitter_ns=300.0)
+    print(f"{n} hits from the {source} ({time.perf_counter() - t0:.1f} s to make); unsorted = "
+          f"{'readout order' if sim else 'toa + 0..300 ns jitter order'}")
 
     # warm numba (compile or load the cache) outside the timed regions
     small = subsample_triggers(ev, 5000)
@@ -251,14 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'fast unsorted':<16}{n:>12}{dt_uns:>10.3f}{unsorted:>14.2f}{unsorted / dbscan:>10.1f}")
     print(f"{'dbscan':<16}{n_sub:>12}{dt_db:>10.3f}{dbscan:>14.4f}{1.0:>10.1f}")
     if not a.no_rustpix:
-        rp = bench_rustpix(ev, a.repeat)
-        if rp is None:
-            print("rustpix: not installed (pip install tango-tpx[bench])")
+        rp = bench_rustpix(words, a.repeat) if words is not None else "needs the simulator's word stream"
+        if isinstance(rp, str):
+            print(f"rustpix: {rp}")
+            res["rustpix"] = rp
         else:
             for algo, r in rp.items():
-                print(f"{'rustpix ' + algo:<16}{n:>12}{r['seconds']:>10.3f}{r['mhits_s']:>14.2f}"
-                      f"{r['mhits_s'] / dbscan:>10.1f}   (incl. file read + decode)")
-                res[f"rustpix_{algo}_mhits_s"] = round(r["mhits_s"], 2)
+                print(f"{'rustpix ' + algo:<16}{r['hits']:>12}{r['seconds']:>10.3f}{r['mhits_s']:>14.2f}"
+                      f"{r['mhits_s'] / dbscan:>10.1f}   ({r['clusters']} clusters; "
+                      f"file to neutrons {r['file_mhits_s']:.2f} Mhits/s)")
+                res[f"rustpix_{algo}_mhits_s"] = round(r["mhits_s"], 3)
+                res[f"rustpix_{algo}_file_mhits_s"] = round(r["file_mhits_s"], 3)
                 res[f"ratio_fast_vs_rustpix_{algo}"] = round(fast / r["mhits_s"], 2)
                 res[f"clusters_rustpix_{algo}"] = r["clusters"]
     print(f"clusters: fast {len(cen)}, dbscan on the subsample {len(cen_db)} vs fast {len(cen_fs)}; "

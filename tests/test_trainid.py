@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -401,18 +402,22 @@ def test_usbtrainid_process_unplug_replug_and_stop():
         sim.replug()
         assert _wait_for(lambda: reader.counters()["reconnects"] == 1, 3), reader.status
         assert _wait_for(lambda: len(log) >= n_before + 10, 5), reader.counters()
+        sim.unplug()                 # freeze the stream so that log and counters agree
+        assert _wait_for(lambda: reader.counters()["disconnects"] == 2, 3), reader.status
+        assert _wait_for(lambda: len(log) == reader.counters()["frames"], 3)
         arr = log.to_array()
         t_ids = arr["train_id"].astype(np.int64)
         assert np.all(np.diff(t_ids) > 0)                     # in order, no repeats
         assert np.all(arr["beam_mode"] == 7)
         assert set(t_ids.tolist()) <= set(sim.counts.sent_ids)
         c = reader.counters()
-        assert c["disconnects"] == 1 and c["connects"] == 2
-        assert c["frames"] >= len(log)
+        assert c["disconnects"] == 2 and c["connects"] == 2
+        assert c["frames"] == len(log)
+        assert c["crc_errors"] >= 1
         # every train between the first and the last delivered one is accounted for
         assert t_ids[-1] - t_ids[0] + 1 - len(t_ids) == c["missed_trains"]
         assert c["missed_trains"] >= sim.counts.unplugged_ticks > 0
-        assert reader.latest().train_id >= t_ids[-1]
+        assert reader.latest() == tuple(int(v) for v in arr[-1])
     finally:
         t0 = time.monotonic()
         reader.stop()
@@ -505,3 +510,28 @@ def test_usbtrainid_reports_dead_child():
         assert reader.status.startswith("fault: process exited with code -9"), reader.status
     finally:
         reader.stop()
+
+
+@pytest.mark.timeout(20)
+def test_cli_subcommands(capsys):
+    import argparse
+    from tango_tpx.trainid import cli
+    parser = argparse.ArgumentParser(prog="tango-tpx")
+    cli.add_parser(parser.add_subparsers(dest="cmd"))
+    sim = SimulatedReceiver(rate_hz=100, start_train_id=500, beam_mode=0xAB, max_frames=5)
+    try:
+        args = parser.parse_args(["trainid-read", sim.path, "--duration", "0.8"])
+        timer = threading.Timer(0.3, sim.start)      # after the reader has opened the port
+        timer.start()
+        assert args.func(args) == 0
+    finally:
+        timer.join()
+        sim.stop()
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert [ln.split()[1:] for ln in lines] == [[str(500 + i), "0x000000AB"] for i in range(5)]
+    assert "5 frames" in out.err
+    args = parser.parse_args(["trainid-sim", "--rate", "50", "--duration", "0.2", "--bad-crc-every", "2"])
+    assert args.func(args) == 0
+    out = capsys.readouterr()
+    assert "ttyTRAINID" in out.out and "bad CRC" in out.err

@@ -24,7 +24,7 @@ def _run_register(args: argparse.Namespace) -> int:
     if not os.environ.get("TANGO_HOST"):
         print("tango-tpx register: TANGO_HOST is not set (HOST:PORT of the Tango database)", file=sys.stderr)
         return 2
-    source = args.config or DEFAULT_CONFIG
+    source = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     try:
         import tango
 
@@ -37,7 +37,7 @@ def _run_register(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     for name in names:
-        print(f"registered {name} from {source} in {os.environ['TANGO_HOST']}")
+        print(f"registered {name} from {source or 'the built-in default'} in {os.environ['TANGO_HOST']}")
     return 0
 
 

@@ -30,6 +30,11 @@ from typing import IO, Any, Iterable, Mapping
 #: The dsconfig file shipped with the project (server ``TangoTpx/demo``, device ``tpx3/detector/1``).
 DEFAULT_CONFIG: Path = Path(__file__).resolve().parents[2] / "dserver_config" / "tango_tpx.json"
 
+#: Used when the package is installed without the source tree (same content as DEFAULT_CONFIG).
+BUILTIN_CONFIG: dict[str, Any] = {"servers": {"TangoTpx": {"demo": {"Timepix3": {"tpx3/detector/1": {
+    "properties": {"UdpHost": ["127.0.0.1"], "UdpPort": ["8192"], "ChipLayout": ["single"],
+                   "DataStreamAddress": ["tcp://127.0.0.1:5560"], "SummaryPeriod": ["1.0"]}}}}}}}
+
 _HOST_PORT_RE = re.compile(r"host=([^,\s]+),\s*port=(\d+)")
 
 
@@ -212,7 +217,7 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | None = None) -> 
     ``{"servers": {server: {instance: {class: {device: {"properties": {name: [str, ...]}}}}}}}``.
     """
     if source is None:
-        source = DEFAULT_CONFIG
+        source = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else BUILTIN_CONFIG
     if isinstance(source, Mapping):
         config = dict(source)
         where = "config"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from tango_tpx.device.database import (
-    DEFAULT_CONFIG,
     EmbeddedDatabase,
     free_port,
     iter_devices,
@@ -91,17 +91,18 @@ def _live_line(t: float, live: _Live) -> str:
             f"lost trig {live.get('LostTriggers')} bad words {live.get('MalformedWords')}")
 
 
-def _start_simulator(rate_mhits: float, duration: float, seed: int, port: int,
-                     errors: list[BaseException]) -> threading.Thread:
+def _start_simulator(rate_mhits: float, duration: float, seed: int, port: int, stop: threading.Event,
+                     result: dict[str, Any]) -> threading.Thread:
+    """Stream simulated SPIDR data to 127.0.0.1:port in a thread, paced in real time."""
     from tango_tpx.simulator import SimConfig, SpidrSimulator
 
     sim = SpidrSimulator(SimConfig(rate_mhits=rate_mhits, duration_s=duration, seed=seed))
 
     def send() -> None:
         try:
-            sim.send_udp("127.0.0.1", port)
+            result.update(sim.send_udp("127.0.0.1", port, stop_event=stop))
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
+            result["error"] = exc
 
     thread = threading.Thread(target=send, name="spidr-simulator", daemon=True)
     thread.start()
@@ -139,6 +140,8 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
     server_log = None
     proxy = None
     sub_ids: list[int] = []
+    sim_stop = threading.Event()
+    sim_result: dict[str, Any] = {}
     code = 1
     try:
         say(f"demo: working directory {base}")
@@ -146,10 +149,10 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         th = db.tango_host
         say(f"demo: Tango database running, TANGO_HOST={th} (pid {db.proc.pid})")
 
-        config = load_config(DEFAULT_CONFIG)
+        config = load_config(None)
         server_name, _klass, device, _props = next(iter(iter_devices(config)))
         instance = server_name.split("/", 1)[1]
-        udp_port = free_port(kind=__import__("socket").SOCK_DGRAM)
+        udp_port = free_port(kind=socket.SOCK_DGRAM)
         stream = f"tcp://127.0.0.1:{free_port()}"
         host, port = th.split(":")
         register_config(config, db=tango.Database(host, int(port)),
@@ -166,8 +169,9 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
 
         proxy.RecordingPath = str(data_dir)
         proxy.CentroidProcesses = max(1, int(centroid_processes))
-        proxy.EventWindowEnd = 1000.0
-        proxy.EventWindowStart = 0.0
+        window_us = (0.0, 1000.0)
+        proxy.EventWindowEnd = window_us[1]
+        proxy.EventWindowStart = window_us[0]
         proxy.Centroiding = True
 
         live = _Live()
@@ -178,8 +182,7 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         raw_path = proxy.OpenFile(time.strftime("demo-%Y%m%d-%H%M%S.raw"))
         say(f"demo: {proxy.state()}, recording to {raw_path}")
 
-        sim_errors: list[BaseException] = []
-        sim = _start_simulator(rate_mhits, duration, seed, udp_port, sim_errors)
+        sim = _start_simulator(rate_mhits, duration, seed, udp_port, sim_stop, sim_result)
         say(f"demo: simulator sending {rate_mhits:g} Mhits/s for {duration:g} s to UDP 127.0.0.1:{udp_port}")
         t0 = time.monotonic()
         next_line = t0 + 1.0
@@ -192,15 +195,21 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
             if state == tango.DevState.FAULT:
                 say(f"demo: device went to FAULT: {proxy.status()}")
                 break
+            if "error" in sim_result:
+                break
             if not sim.is_alive() and tail_until is None:
                 tail_until = time.monotonic() + 2.0  # let the pipeline drain
             if tail_until is not None and time.monotonic() >= tail_until:
                 break
             if time.monotonic() - t0 > duration * 3 + 30:
                 say("demo: simulator did not finish in time; stopping")
+                sim_stop.set()
                 break
-        if sim_errors:
-            raise RuntimeError(f"simulator failed: {sim_errors[0]!r}")
+        if "error" in sim_result:
+            raise RuntimeError(f"simulator failed: {sim_result['error']!r}")
+        if "hits" in sim_result:
+            say(f"demo: simulator sent {sim_result['hits']} hits, {sim_result.get('triggers', 0)} triggers "
+                f"in {sim_result.get('datagrams', 0)} datagrams ({sim_result.get('bytes', 0)} bytes)")
 
         proxy.CloseFile()
         proxy.Stop()
@@ -224,7 +233,8 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         elif size == 0:
             say("demo: the recording is empty; HDF5 conversion skipped")
         else:
-            res = convert_file(raw_path, h5_path, number_of_processes=max(1, int(centroid_processes)))
+            res = convert_file(raw_path, h5_path, number_of_processes=max(1, int(centroid_processes)),
+                               event_window=(window_us[0] * 1e-6, window_us[1] * 1e-6))
             say(f"demo: converted to HDF5 in {res.seconds:.1f} s: hits {res.hits}, events {res.events}, "
                 f"triggers {res.triggers}, centroids {res.centroids}")
         say("demo: files:")
@@ -243,6 +253,10 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         say(f"demo: FAILED: {type(exc).__name__}: {detail}")
         code = 1
     finally:
+        if previous_term is not None:  # a second Ctrl-C / SIGTERM must not cut the clean-up short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sim_stop.set()
         for sid in sub_ids:
             try:
                 proxy.unsubscribe_event(sid)
@@ -267,4 +281,5 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
             server_log.close()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
     return code

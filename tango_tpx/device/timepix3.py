@@ -11,6 +11,10 @@ State machine::
                             `-- FAULT <---'   (stage died, disk full, UDP port busy ...)
     FAULT --Init--> ON
 
+Limits are checked by the write methods, not with Tango's ``min_value``/``max_value``:
+Tango's own refusal ("below the minimum authorized") does not say what is allowed, ours
+does (the ranges are also in each attribute's description).
+
 Units: event window in microseconds (us), rates in Hz, ToT in counts of 25 ns, time of
 flight axis in ns, hit map in hits per pixel over the last summary period.
 """
@@ -55,13 +59,15 @@ SUMMARY_ATTRIBUTES: tuple[str, ...] = (
     "BytesReceived", "KernelDrops", "LostTriggers", "MalformedWords",
     "RecordingFile", "TrainId",
 )
-#: Array attributes pushed as change, archive and data-ready events.
+#: Array attributes pushed as change and data-ready events.
 ARRAY_ATTRIBUTES: tuple[str, ...] = ("Preview", "TofHistogram", "TofAxis")
 
-# counters() key -> (total attribute, rate attribute or None)
+# counters() key -> (total attribute, rate attribute or None). Triggers are the TDC1 rising
+# edges the pipeline numbers as events ("trigger_events"); "triggers" (all TDC edges) is
+# the fall-back for a controller without that key.
 _COUNTER_KEYS: dict[str, tuple[str, str | None]] = {
     "hits": ("TotalHits", "HitRate"),
-    "triggers": ("TotalTriggers", "TriggerRate"),
+    "trigger_events": ("TotalTriggers", "TriggerRate"),
     "events": ("TotalEvents", "EventRate"),
     "centroids": ("TotalCentroids", "CentroidRate"),
     "bytes": ("BytesReceived", None),
@@ -141,10 +147,11 @@ class Timepix3(Device):
         self._monitor: threading.Thread | None = None
         self._data_ready_counter = 0
 
-        for name in ("State", "Status", *SUMMARY_ATTRIBUTES, *ARRAY_ATTRIBUTES):
+        for name in ("State", "Status", *SUMMARY_ATTRIBUTES):
             self.set_change_event(name, True, False)
             self.set_archive_event(name, True, False)
         for name in ARRAY_ATTRIBUTES:
+            self.set_change_event(name, True, False)
             self.set_data_ready_event(name, True)
 
         try:
@@ -233,9 +240,13 @@ class Timepix3(Device):
         if not source:
             return
         setter = getattr(self._controller, "set_train_id_source", None)
-        if setter is None:
-            raise RuntimeError(f"TrainIdSource {source!r} given but this controller cannot read train IDs")
-        setter(source)
+        try:
+            if setter is None:
+                raise NotImplementedError("this controller cannot read train IDs")
+            setter(source)
+        except Exception as exc:  # noqa: BLE001
+            raise RuntimeError(f"TrainIdSource property {source!r} cannot be used ({exc}); set it to '' "
+                               "for no train IDs") from exc
 
     def _check_state(self, command_name: str, allowed: tuple[DevState, ...]) -> bool:
         """is_*_allowed helper: refuse with a message naming the current state."""
@@ -254,7 +265,8 @@ class Timepix3(Device):
         ctrl = self._controller
         if ctrl is None:
             return
-        counts = ctrl.counters()
+        counts = dict(ctrl.counters())
+        counts.setdefault("trigger_events", counts.get("triggers", 0))
         now = float(counts.get("time", time.monotonic()))
         with self._lock:
             snap = dict(self._snapshot)
@@ -295,11 +307,12 @@ class Timepix3(Device):
             self._enter_fault(str(why))
 
     def _push_all(self, arrays: bool, stop: threading.Event) -> None:
-        def push(name: str, value) -> None:
+        def push(name: str, value, archive: bool = True) -> None:
             if stop.is_set():
                 raise _Stopped
             self.push_change_event(name, value)
-            self.push_archive_event(name, value)
+            if archive:
+                self.push_archive_event(name, value)
 
         state = self.get_state()
         push("State", state)
@@ -310,8 +323,8 @@ class Timepix3(Device):
             push(name, snap[name])
         if arrays:
             self._data_ready_counter += 1
-            for name in ARRAY_ATTRIBUTES:
-                push(name, snap[name])
+            for name in ARRAY_ATTRIBUTES:  # images/spectra: change + data-ready (no archive copies)
+                push(name, snap[name], archive=False)
                 if stop.is_set():
                     raise _Stopped
                 self.push_data_ready_event(name, self._data_ready_counter)
@@ -320,13 +333,14 @@ class Timepix3(Device):
         """The one pushing thread: refresh counters each period, push while RUNNING and on state changes."""
         if previous is not None:
             previous.join(30.0)
+        wake = self._wake  # this device generation's event (Init makes a new one)
         last_state = None
         next_t = time.monotonic() + self._period
         while not stop.is_set():
-            woken = self._wake.wait(max(0.0, next_t - time.monotonic()))
+            woken = wake.wait(max(0.0, next_t - time.monotonic()))
             if stop.is_set():
                 break
-            self._wake.clear()
+            wake.clear()
             period_end = time.monotonic() >= next_t
             if period_end:
                 next_t += self._period
@@ -352,8 +366,7 @@ class Timepix3(Device):
 
     # ------------------------------------------------------------------ R/W attributes
     @attribute(dtype=int, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True,
-               label="Centroid processes", unit="", format="%d", min_value=1,
-               max_value=CENTROID_PROCESSES_MAX,
+               label="Centroid processes", unit="", format="%d",
                doc=f"Number of centroiding processes, 1..{CENTROID_PROCESSES_MAX} (CPUs available "
                    "to this server). Takes effect at the next Start.")
     def CentroidProcesses(self) -> int:
@@ -371,8 +384,9 @@ class Timepix3(Device):
     # order) never sees a start beyond the default end.
     @attribute(dtype=float, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True,
                label="Event window end", unit="us", standard_unit="1e-6", display_unit="1e-6",
-               format="%.3f", min_value=0.0, max_value=EVENT_WINDOW_MAX_US,
-               doc="End of the time-of-flight window after each trigger, us (>= start). "
+               format="%.3f",
+               doc=f"End of the time-of-flight window after each trigger, us: EventWindowStart.."
+                   f"{EVENT_WINDOW_MAX_US:g}. "
                    "Takes effect at the next Start.")
     def EventWindowEnd(self) -> float:
         return float(self._settings["EventWindowEnd"])
@@ -382,7 +396,8 @@ class Timepix3(Device):
         value = float(value)
         start = float(self._settings["EventWindowStart"])
         if not np.isfinite(value) or value < 0 or value > EVENT_WINDOW_MAX_US:
-            _fail("Timepix3_BadValue", f"EventWindowEnd must be 0..{EVENT_WINDOW_MAX_US:g} us, got {value}",
+            _fail("Timepix3_BadValue", f"EventWindowEnd must be EventWindowStart..{EVENT_WINDOW_MAX_US:g} us "
+                  f"(a negative window is not allowed), got {value}",
                   "Timepix3.EventWindowEnd")
         if value < start:
             _fail("Timepix3_BadValue",
@@ -392,7 +407,7 @@ class Timepix3(Device):
 
     @attribute(dtype=float, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True,
                label="Event window start", unit="us", standard_unit="1e-6", display_unit="1e-6",
-               format="%.3f", min_value=0.0, max_value=EVENT_WINDOW_MAX_US,
+               format="%.3f",
                doc="Start of the time-of-flight window after each trigger, us (0 <= start <= end). "
                    "Takes effect at the next Start.")
     def EventWindowStart(self) -> float:
@@ -403,8 +418,8 @@ class Timepix3(Device):
         value = float(value)
         end = float(self._settings["EventWindowEnd"])
         if not np.isfinite(value) or value < 0:
-            _fail("Timepix3_BadValue", f"EventWindowStart must be >= 0 us (a negative window is not "
-                  f"allowed), got {value}", "Timepix3.EventWindowStart")
+            _fail("Timepix3_BadValue", f"EventWindowStart must be 0..EventWindowEnd ({end} us); a negative "
+                  f"window is not allowed, got {value}", "Timepix3.EventWindowStart")
         if value > end:
             _fail("Timepix3_BadValue",
                   f"EventWindowStart ({value} us) must not be after EventWindowEnd ({end} us); "
@@ -468,7 +483,7 @@ class Timepix3(Device):
         self._settings["ClusteringAlgorithm"] = algo
 
     @attribute(dtype=int, access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True,
-               label="ToT threshold [25 ns]", unit="", format="%d", min_value=0, max_value=TOT_MAX,
+               label="ToT threshold [25 ns]", unit="", format="%d",
                doc=f"Hits with ToT below this many counts of 25 ns are ignored by centroiding, "
                    f"0..{TOT_MAX}. Takes effect at the next Start.")
     def TotThreshold(self) -> int:
@@ -492,7 +507,7 @@ class Timepix3(Device):
         return self._snap("HitRate")
 
     @attribute(dtype=float, unit="Hz", format="%.1f", label="Trigger rate",
-               doc="TDC triggers per second over the last summary period.")
+               doc="Triggers (TDC1 rising edges) per second over the last summary period.")
     def TriggerRate(self) -> float:
         return self._snap("TriggerRate")
 
@@ -512,7 +527,7 @@ class Timepix3(Device):
         return self._snap("TotalHits")
 
     @attribute(dtype=tango.DevLong64, label="Total triggers", format="%d",
-               doc="TDC triggers decoded since the last ResetCounters.")
+               doc="Triggers (TDC1 rising edges) decoded since the last ResetCounters.")
     def TotalTriggers(self) -> int:
         return self._snap("TotalTriggers")
 
@@ -584,9 +599,10 @@ class Timepix3(Device):
             self._apply_settings()
             ctrl.start()
         except OSError as exc:
-            msg = f"Start failed: cannot receive on UDP {self.UdpHost}:{self.UdpPort}: {exc}"
-            if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-                msg = f"Start failed: {exc}"
+            where = f"{self.UdpHost}:{self.UdpPort}"
+            msg = f"Start failed: {exc}"
+            if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and where not in str(exc):
+                msg = f"Start failed: cannot receive on UDP {where}: {exc}"
             self._enter_fault(msg)
             _fail("Timepix3_StartFailed", msg, "Timepix3.Start")
         except Exception as exc:  # noqa: BLE001
@@ -614,7 +630,10 @@ class Timepix3(Device):
             self._enter_fault(f"Stop failed: {type(exc).__name__}: {exc}")
             _fail("Timepix3_StopFailed", f"Stop failed: {exc}", "Timepix3.Stop")
         self._refresh(period_end=False)
-        if not was_fault:
+        why = ctrl.fault() if ctrl is not None and not was_fault else None
+        if why:  # a stage died before or while stopping
+            self._enter_fault(str(why))
+        elif not was_fault:
             self.set_state(DevState.ON)
             self.set_status(self._idle_status())
         self._wake.set()
@@ -646,11 +665,11 @@ class Timepix3(Device):
         return path
 
     def is_OpenFile_allowed(self) -> bool:
-        return self._check_state("OpenFile", (DevState.ON, DevState.RUNNING))
+        return self._check_state("OpenFile", (DevState.RUNNING,))
 
     @command(dtype_in=str, dtype_out=str,
              doc_in="File name relative to RecordingPath, or an absolute path (inside RecordingPath "
-                    "when that is set). The file must not exist.",
+                    "when that is set). The file must not exist. Allowed while RUNNING; Stop closes it.",
              doc_out="Absolute path of the raw file now being written.")
     def OpenFile(self, name: str) -> str:
         ctrl = self._controller
@@ -664,7 +683,7 @@ class Timepix3(Device):
         except FileExistsError as exc:
             _fail("Timepix3_FileExists", f"OpenFile({name!r}): {exc.filename or path} already exists; "
                   "choose a new name", "Timepix3.OpenFile")
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             _fail("Timepix3_OpenFailed", f"OpenFile({name!r}) failed: {exc}", "Timepix3.OpenFile")
         self._refresh(period_end=False)
         if self.get_state() == DevState.RUNNING:
@@ -681,7 +700,7 @@ class Timepix3(Device):
             return
         try:
             self._controller.close_file()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             _fail("Timepix3_CloseFailed", f"CloseFile failed: {exc}", "Timepix3.CloseFile")
         self._refresh(period_end=False)
         if self.get_state() == DevState.RUNNING:

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             bar.end()
         part = partial_path(args.output)
         left = f"; incomplete file left at {part} (complete = False)" if part.exists() else ""
-        print(f"tango-tpx convert: interrupted ({exc}){left}", file=err)
+        print(f"tango-tpx convert: interrupted by {exc}{left}", file=err)
         return 130
     except (FileNotFoundError, IsADirectoryError, FileExistsError, PermissionError) as exc:
         if bar:

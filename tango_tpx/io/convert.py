@@ -49,8 +49,8 @@ import numpy as np
 from tango_tpx.io.hdf5 import Hdf5Writer
 from tango_tpx.tpx3.files import FileInfo, inspect_file, iter_words
 
-#: Words read and decoded per step (16 MiB).
-DEFAULT_CHUNK_WORDS = 1 << 21
+#: Words read and decoded per step (8 MiB).
+DEFAULT_CHUNK_WORDS = 1 << 20
 #: Target hits per centroiding batch (batches are cut between triggers).
 DEFAULT_BATCH_HITS = 1 << 19
 #: The converter keeps every hit after its trigger (pymepix's event_window, s).
@@ -105,14 +105,58 @@ class ConvertStatus:
 
 
 # --------------------------------------------------------------------------------------------
-# centroid workers
+# trigger-aligned batches and the workers that turn them into events + centroids
 # --------------------------------------------------------------------------------------------
-_worker_calc = None
+@dataclass
+class _Batch:
+    """Pixels whose ToA lies in [first trigger, next batch's first trigger) and those triggers.
+
+    pixels: PixelHits (arrival order, time-walk corrected ToA); trig_time: int64 fine units of
+    the TDC1 rising edges of the batch; first_nr: global number of trig_time[0].
+    """
+
+    pixels: Any
+    trig_time: np.ndarray
+    first_nr: int
+
+
+@dataclass
+class _BatchResult:
+    raw: dict            # raw/* file columns
+    centroids: Any       # Centroids or None
+    stats: dict          # PacketProcessor pixel statistics
+
+
+_PIXEL_STATS = ("pixels_in", "events_pixels", "before_first_trigger", "outside_window", "late_pixels")
+_worker_state: dict = {}
+
+
+def _process_batch(batch: _Batch, state: dict) -> _BatchResult:
+    """Events of one batch (a fresh PacketProcessor: the batch holds whole events) + centroids."""
+    from tango_tpx.io.hdf5 import events_columns
+    from tango_tpx.processing.events import Events, PacketProcessor
+    from tango_tpx.tpx3.codec import Decoded, WordCounts
+    from tango_tpx.tpx3.hits import Triggers
+
+    m = len(batch.trig_time)
+    trig = Triggers(np.ones(m, np.uint8), np.ones(m, np.bool_), batch.trig_time,
+                    (np.arange(m) & 0xFFF).astype(np.uint16), np.zeros(m, np.uint8))
+    pp = PacketProcessor(event_window=state["window"])
+    first = pp.process(Decoded(batch.pixels, trig, WordCounts()))
+    last = pp.flush()
+    ev = Events.concat([first.events, last.events]) if len(last.events) else first.events
+    if batch.first_nr:
+        ev.trigger_nr += batch.first_nr
+    stats = {k: int(pp.stats.get(k, 0)) for k in _PIXEL_STATS}
+    cen = state["calc"].process(ev) if state["calc"] is not None and len(ev) else None
+    return _BatchResult(events_columns(ev), cen, stats)
 
 
 def _die_with_parent() -> None:
-    """Make this worker exit when its parent dies (no orphans), then ignore Ctrl-C."""
+    """Make this worker exit when its parent dies (no orphans); Ctrl-C is the parent's business,
+    SIGTERM (``Pool.terminate``) ends the worker at once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -139,41 +183,55 @@ def _make_calculator(params: dict):
                               dbscan_clustering=params["dbscan"], tot_threshold=params["tot_threshold"])
 
 
+def _make_state(params: dict) -> dict:
+    return {"window": params["window"],
+            "calc": _make_calculator(params) if params["centroiding"] else None}
+
+
 def _worker_init(params: dict) -> None:
-    global _worker_calc
     _die_with_parent()
-    _worker_calc = _make_calculator(params)
+    _worker_state.update(_make_state(params))
 
 
-def _worker_centroids(events):
-    return _worker_calc.process(events)
+def _worker_run(batch: _Batch) -> _BatchResult:
+    return _process_batch(batch, _worker_state)
 
 
-class _Centroider:
-    """Ordered centroiding of event batches: inline (N = 1) or on N worker processes."""
+class _Workers:
+    """Ordered processing of batches: inline (N = 1) or on N worker processes.
+
+    At most ``2 N`` batches are in flight; results come back in submission order.
+    """
 
     def __init__(self, params: dict, n_processes: int):
         self.n = max(1, int(n_processes))
         self.pool = None
         self.inflight: deque = deque()
         if self.n == 1:
-            self.calc = _make_calculator(params)
+            self.state = _make_state(params)
         else:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             self.pool = ctx.Pool(self.n, initializer=_worker_init, initargs=(params,))
 
-    def submit(self, events) -> list:
+    def submit(self, batch: _Batch) -> list[_BatchResult]:
         """Queue a batch; returns the results (in order) that had to be collected meanwhile."""
         if self.pool is None:
-            return [self.calc.process(events)]
+            return [_process_batch(batch, self.state)]
         done = []
         while len(self.inflight) >= 2 * self.n:
             done.append(self.inflight.popleft().get())
-        self.inflight.append(self.pool.apply_async(_worker_centroids, (events,)))
+        self.inflight.append(self.pool.apply_async(_worker_run, (batch,)))
         return done
 
-    def drain(self) -> list:
+    def ready(self) -> list[_BatchResult]:
+        """Results already finished at the head of the queue (non-blocking)."""
+        done = []
+        while self.inflight and self.inflight[0].ready():
+            done.append(self.inflight.popleft().get())
+        return done
+
+    def drain(self) -> list[_BatchResult]:
         done = []
         while self.inflight:
             done.append(self.inflight.popleft().get())
@@ -189,35 +247,103 @@ class _Centroider:
             self.pool = None
 
 
-class _Batcher:
-    """Collects PacketProcessor output into batches of about ``batch_hits`` whole events."""
+_NEG = np.iinfo(np.int64).min
 
-    def __init__(self, batch_hits: int):
+
+class _Batcher:
+    """Cuts the decoded stream into :class:`_Batch` es at trigger times.
+
+    A batch is cut once at least ``batch_hits`` pixels are pending, at the latest trigger
+    that is older than the newest time seen minus ``slack`` (the reorder window: no pixel or
+    trigger older than that can still arrive); pixels before that trigger go out, the rest
+    waits. So every event lies wholly inside one batch. A pixel arriving behind a cut is
+    counted in ``late_pixels`` and dropped. While no cut is possible, pixels that can no
+    longer belong to any event (before the first trigger, or beyond the window end of the
+    open event) are dropped and counted, so memory stays bounded by one event.
+    """
+
+    def __init__(self, batch_hits: int, slack_units: int, window_units: tuple[int, int | None]):
+        from tango_tpx.tpx3.hits import PixelHits
+
+        self._empty = PixelHits.empty
         self.batch_hits = max(1, int(batch_hits))
+        self.slack = int(slack_units)
+        self.hi = window_units[1]  # None = no upper limit
         self.parts: list = []
         self.n = 0
+        self.trig_time = np.zeros(0, np.int64)
+        self.trig_nr = np.zeros(0, np.int64)
+        self.last_cut: int | None = None
+        self.newest = _NEG
+        self.stats = {"late_pixels": 0, "before_first_trigger": 0, "outside_window": 0}
 
-    def add(self, events) -> list:
-        if len(events):
-            self.parts.append(events)
-            self.n += len(events)
+    def add(self, pixels, trig_time: np.ndarray, trig_nr: np.ndarray) -> None:
+        if len(trig_time):
+            self.trig_time = np.concatenate((self.trig_time, trig_time))
+            self.trig_nr = np.concatenate((self.trig_nr, trig_nr))
+            self.newest = max(self.newest, int(trig_time[-1]))
+        if len(pixels):
+            self.newest = max(self.newest, int(pixels.toa.max()))
+            if self.last_cut is not None:
+                late = pixels.toa < self.last_cut
+                if late.any():
+                    self.stats["late_pixels"] += int(late.sum())
+                    pixels = pixels.take(~late)
+            if len(pixels):
+                self.parts.append(pixels)
+                self.n += len(pixels)
+
+    def _pending(self):
+        if len(self.parts) > 1:
+            self.parts = [type(self.parts[0]).concat(self.parts)]
+        return self.parts[0] if self.parts else self._empty()
+
+    def cut(self, final: bool = False) -> list[_Batch]:
+        if final:
+            px = self._pending()
+            self.parts, self.n = [], 0
+            if not len(px) and not len(self.trig_time):
+                return []
+            first = int(self.trig_nr[0]) if len(self.trig_nr) else 0
+            batch = _Batch(px, self.trig_time, first)
+            self.trig_time, self.trig_nr = self.trig_time[:0], self.trig_nr[:0]
+            return [batch]
         if self.n < self.batch_hits:
             return []
-        return self._cut(final=False)
-
-    def flush(self) -> list:
-        return self._cut(final=True)
-
-    def _cut(self, final: bool) -> list:
-        if not self.parts:
+        b = self.newest - self.slack
+        k = int(np.searchsorted(self.trig_time, b, side="right")) - 1  # latest trigger <= b
+        min_k = 0 if self.last_cut is None else 1
+        if k < min_k:
+            self._drop_dead(b, k)
             return []
-        from tango_tpx.processing.centroids import split_at_triggers
+        cut_t = int(self.trig_time[k])
+        px = self._pending()
+        before = px.toa < cut_t
+        batch = _Batch(px.take(before), self.trig_time[:k], int(self.trig_nr[0]) if k else 0)
+        rest = px.take(~before)
+        self.parts, self.n = ([rest], len(rest)) if len(rest) else ([], 0)
+        self.trig_time, self.trig_nr = self.trig_time[k:], self.trig_nr[k:]
+        self.last_cut = cut_t
+        return [batch]
 
-        ev = type(self.parts[0]).concat(self.parts) if len(self.parts) > 1 else self.parts[0]
-        self.parts, self.n = [], 0
-        pieces = max(1, len(ev) // self.batch_hits)
-        ranges = split_at_triggers(np.asarray(ev.trigger_nr), pieces)
-        return [ev.take(slice(a, b)) for a, b in ranges]
+    def _drop_dead(self, b: int, k: int) -> None:
+        """No cut possible: drop pending pixels older than ``b`` that no event can take."""
+        px = self._pending()
+        old = px.toa < b
+        if k < 0:  # no trigger at or before b (and none before it was ever cut)
+            if self.last_cut is None:
+                dead, key = old, "before_first_trigger"
+            else:
+                return
+        elif self.hi is not None:  # the open event (trigger k = 0) ends at its window's end
+            dead, key = old & (px.toa - self.trig_time[0] > self.hi), "outside_window"
+        else:
+            return
+        n = int(dead.sum())
+        if n:
+            self.stats[key] += n
+            keep = px.take(~dead)
+            self.parts, self.n = ([keep], len(keep)) if len(keep) else ([], 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +393,7 @@ class _TermToInterrupt:
         self.old = None
         if threading.current_thread() is threading.main_thread():
             def handler(signum, frame):
-                raise ConversionInterrupted("terminated (SIGTERM)")
+                raise ConversionInterrupted("SIGTERM")
 
             self.old = signal.signal(signal.SIGTERM, handler)
         return self
@@ -339,15 +465,22 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
     tw_lut = _load_lut(timewalk_file)
     cent_lut = _load_lut(cent_timewalk_file)
 
-    from tango_tpx.processing.events import PacketProcessor
-    from tango_tpx.tpx3.codec import Decoder
+    from tango_tpx.processing import events as events_mod
+    from tango_tpx.tpx3.codec import Decoded, Decoder
+    from tango_tpx.tpx3.hits import PixelHits
 
     params = dict(cent_timewalk_lut=cent_lut, clustering_args=dict(clustering_args or {}),
-                  dbscan=bool(dbscan), tot_threshold=int(tot_threshold))
+                  dbscan=bool(dbscan), tot_threshold=int(tot_threshold), window=window,
+                  centroiding=bool(centroiding))
     if centroiding:
         _make_calculator(params)  # validate the clustering parameters before any work
     decoder = Decoder(framing=info.framing, layout=layout)
-    pp = PacketProcessor(event_window=window, timewalk_lut=tw_lut)
+    # triggers are numbered (and lost ones counted) here, in stream order
+    trig_pp = events_mod.PacketProcessor(event_window=window)
+    slack = int(round(events_mod.DEFAULT_REORDER_WINDOW_NS * 4096 / 25))
+    hi_units = None if not math.isfinite(window[1]) else int(round(window[1] * 1e9 * 4096 / 25))
+    if tw_lut is not None:
+        from tango_tpx.processing.timewalk import correct_pixel_toa
 
     result = ConvertResult(input=str(in_path.resolve()), output=str(out_path.resolve()),
                            trailing_bytes=info.trailing_bytes)
@@ -375,60 +508,66 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
     }
 
     partial = partial_path(out_path)
-    centroider = None
+    workers = None
     writer = None
     with _TermToInterrupt():
         try:
             # workers first (forked before the HDF5 file is open)
-            if centroiding:
-                centroider = _Centroider(params, number_of_processes)
+            workers = _Workers(params, number_of_processes)
             writer = Hdf5Writer(partial, attrs, overwrite=True, compression=compression)
-            batcher = _Batcher(batch_hits)
+            batcher = _Batcher(batch_hits, slack, (0, hi_units))
+            pixel_stats = dict.fromkeys(_PIXEL_STATS, 0)
             words_done = 0
             n_total = max(info.n_words, 1)
 
-            def write_centroids(results) -> None:
-                for c in results:
-                    writer.append_centroids(c)
-                    result.centroids += len(c)
-
-            def take(out) -> None:
-                writer.append_trigger_table(out.triggers)
-                result.triggers += len(out.triggers)
-                ev = out.events
-                if len(ev):
-                    writer.append_events(ev)
-                    result.events += len(ev)
-                    if centroider is not None:
-                        for batch in batcher.add(ev):
-                            write_centroids(centroider.submit(batch))
+            def write(results: list[_BatchResult]) -> None:
+                for res in results:
+                    writer.append_columns("raw", res.raw)
+                    result.events += len(res.raw["x"])
+                    if res.centroids is not None and len(res.centroids):
+                        writer.append_centroids(res.centroids)
+                        result.centroids += len(res.centroids)
+                    for k, v in res.stats.items():
+                        pixel_stats[k] += v
 
             for words in iter_words(info.path, chunk_words=chunk_words):
                 decoded = decoder.decode(words)
                 words_done += len(words)
-                result.hits += len(decoded.pixels)
-                result.trigger_edges += len(decoded.triggers)
-                writer.append_triggers(decoded.triggers)
-                take(pp.process(decoded))
+                px, tr = decoded.pixels, decoded.triggers
+                result.hits += len(px)
+                result.trigger_edges += len(tr)
+                writer.append_triggers(tr)
+                table = trig_pp.process(Decoded(PixelHits.empty(), tr, decoded.counts)).triggers
+                writer.append_trigger_table(table)
+                result.triggers += len(table)
+                if tw_lut is not None and len(px):
+                    px = PixelHits(px.x, px.y, correct_pixel_toa(px.toa, px.tot, tw_lut), px.tot, px.chip)
+                batcher.add(px, table.time, table.trigger_nr)
+                for batch in batcher.cut():
+                    write(workers.submit(batch))
+                write(workers.ready())
                 fraction = words_done / n_total
                 if progress_callback is not None:
                     progress_callback(fraction)
                 if status_callback is not None:
                     status_callback(ConvertStatus(fraction, words_done, result.hits, result.events,
                                                   result.centroids, time.perf_counter() - t0))
-            take(pp.flush())
-            if centroider is not None:
-                for batch in batcher.flush():
-                    write_centroids(centroider.submit(batch))
-                write_centroids(centroider.drain())
-                centroider.close()
-                centroider = None
+            for batch in batcher.cut(final=True):
+                write(workers.submit(batch))
+            write(workers.drain())
+            workers.close()
+            workers = None
 
             counts = decoder.counts
             result.words = counts.words
             result.word_counts = counts.as_dict()
             result.skipped_words = counts.malformed
-            result.processing = {k: int(v) for k, v in pp.stats.items()}
+            proc = {k: int(v) for k, v in trig_pp.stats.items() if k not in _PIXEL_STATS}
+            proc.update(pixel_stats)
+            proc["pixels_in"] = result.hits
+            for k, v in batcher.stats.items():
+                proc[k] += v
+            result.processing = proc
             if result.skipped_words:
                 result.warnings.append(f"{result.skipped_words} invalid/unknown words counted and skipped")
             if result.hits == 0 and result.trigger_edges == 0:
@@ -444,11 +583,17 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
             os.replace(partial, out_path)
             result.complete = True
         except BaseException as exc:
-            if centroider is not None:
-                centroider.close(terminate=True)
+            if isinstance(exc, ConversionInterrupted):
+                reason = str(exc)
+            elif isinstance(exc, KeyboardInterrupt):
+                reason = "Ctrl-C (SIGINT)"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            if workers is not None:
+                workers.close(terminate=True)
             if writer is not None and not writer.closed:
                 try:
-                    writer.set_attrs(interrupted=f"{type(exc).__name__}: {exc}")
+                    writer.set_attrs(interrupted=reason)
                 except Exception:
                     pass
                 writer.abort()
@@ -459,7 +604,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                 except FileNotFoundError:
                     pass
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, ConversionInterrupted):
-                raise ConversionInterrupted(str(exc) or "interrupted (Ctrl-C)") from exc
+                raise ConversionInterrupted(reason) from exc
             raise
     result.seconds = time.perf_counter() - t0
     return result

@@ -363,6 +363,8 @@ class Hdf5Writer:
 
     def append_columns(self, table: str, columns: Mapping[str, np.ndarray]) -> None:
         """Append already converted file columns (keys as in :data:`TABLES`) to ``table``."""
+        if table in self._events_seen:
+            self._events_seen[table].update(columns["trigger nr"])
         self._tables[table].append(columns)
 
     def append_train_ids(self, timestamp_ns: np.ndarray, train_id: np.ndarray,

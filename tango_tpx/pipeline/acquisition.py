@@ -43,6 +43,8 @@ DATA_TYPES = frozenset({MessageType.PixelData, MessageType.TriggerData, MessageT
 READY_TIMEOUT_S = 60.0
 #: stop(): clean-drain budget before processes are forced.
 DRAIN_S = 3.0
+#: stage classes whose kernels this process has loaded (see BasePipelineObject.warm_up)
+_warm: set = set()
 
 
 class _Collector(threading.Thread):
@@ -224,6 +226,9 @@ class AcquisitionPipeline:
                 self._collector.start()
                 self._collector.ready.wait(5.0)
                 for s in self._stages:
+                    if s.klass not in _warm:
+                        s.klass.warm_up()
+                        _warm.add(s.klass)
                     s.build()
                     for p in s.processes:
                         if isinstance(p, UdpSampler):

@@ -106,6 +106,11 @@ class BasePipelineObject(mp.Process):
             return []
         return list(w.down_addresses) + ([w.collector_address] if w.collector_address else [])
 
+    @classmethod
+    def warm_up(cls) -> None:
+        """Called once per parent process before the first fork: load/compile the numba
+        kernels here so that every forked stage inherits them (fast start)."""
+
     def pre_run(self) -> None:
         """Called in the child process before the loop (open resources, compile kernels)."""
 

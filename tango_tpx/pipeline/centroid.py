@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from ..processing.centroids import CentroidCalculator
+from ..processing.events import Events
 from .baseplugin import BasePipelineObject
 from .messages import MessageType
 
@@ -33,12 +37,18 @@ class PipelineCentroidCalculator(BasePipelineObject):
         self.centroid_calculator = centroid_calculator
         self.calc_args = dict(calc_args or {})
 
+    @classmethod
+    def warm_up(cls) -> None:
+        ev = Events(np.zeros(3, np.int64), np.array([1, 1, 2], np.uint16), np.array([1, 2, 1], np.uint16),
+                    np.array([4096, 4096, 4096], np.int64), np.array([5, 5, 5], np.uint16),
+                    np.array([4096, 4096, 4096], np.int64))
+        for db in (False, True):
+            CentroidCalculator(dbscan_clustering=db).process(ev)
+
     def pre_run(self) -> None:
-        from ..processing.centroids import CentroidCalculator
         if self.centroid_calculator is None:
             self.centroid_calculator = CentroidCalculator(**self.calc_args)
         self.centroid_calculator.number_of_processes = 1
-        from ..processing.events import Events
         self.centroid_calculator.process(Events.empty())   # load the numba kernels now
 
     def process(self, data_type=None, data=None):

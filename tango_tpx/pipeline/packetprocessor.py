@@ -6,7 +6,9 @@ or re-anchored through :meth:`AcquisitionController.set_longtime`) -> optionally
 :class:`tango_tpx.processing.events.PacketProcessor` (global trigger numbers, ToF; never
 splits an event across outputs).  Outputs ``PixelData`` + ``TriggerData`` (pixel mode) or
 ``EventData`` + ``TriggerData`` (event mode). Also updates the live counters and the
-rolling preview (hit map of all decoded pixels; ToF histogram of events, axis in ns).
+rolling preview: every ``preview_period_s`` the hit map of all pixels decoded in that
+period and the ToF histogram of its events (axis: bin centres in ns over the event window)
+replace the published frame; a period without hits keeps the previous frame.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..tpx3.units import UNIT_NS
+from ..processing.events import PacketProcessor
+from ..tpx3.codec import Decoder
+from ..tpx3.units import UNIT_NS, s_to_units
 from .baseplugin import BasePipelineObject
 from .counters import CTRL_LONGTIME, CTRL_LONGTIME_GEN, N_TOF_BINS, accumulate_preview
 from .messages import MessageType
@@ -51,8 +55,20 @@ class PipelinePacketProcessor(BasePipelineObject):
         self.longtime = longtime
         self.preview_period_s = float(preview_period_s)
 
+    @classmethod
+    def warm_up(cls) -> None:
+        ro = np.frombuffer(bytes(16), np.uint8)          # stage inputs are read-only frames
+        for layout in ("single", "quad"):
+            d = Decoder(layout=layout)
+            d.decode(ro.view(np.uint64))
+            d.decode(np.zeros(2, np.uint64))
+        pp = PacketProcessor()
+        pp.process(Decoder().decode(ro.view(np.uint64)))
+        pp.flush()
+        z16, z64 = np.zeros(0, np.uint16), np.zeros(0, np.int64)
+        accumulate_preview(np.zeros((2, 2), np.int32), z16, z16, np.zeros(2), z64, 0, 1)
+
     def pre_run(self) -> None:
-        from ..tpx3.codec import Decoder
         lt = self.longtime
         if lt is not None and hasattr(lt, "value"):
             lt = lt.value
@@ -60,7 +76,6 @@ class PipelinePacketProcessor(BasePipelineObject):
         self.decoder = Decoder(framing=self.framing, layout=self.layout, longtime=lt)
         self.decoder.decode(np.zeros(0, np.uint64))       # load/compile kernels before data
         if self.use_events and self.packet_processor is None:
-            from ..processing.events import PacketProcessor
             self.packet_processor = PacketProcessor(self.event_window, self.timewalk_lut)
         if self.packet_processor is not None:
             self.event_window = tuple(self.packet_processor.event_window)
@@ -75,11 +90,11 @@ class PipelinePacketProcessor(BasePipelineObject):
         lo, hi = self.event_window
         if not np.isfinite(hi) or hi <= lo:
             hi = lo + 1e-3
-        from ..tpx3.units import s_to_units
         self._tof_lo, self._tof_hi = int(s_to_units(lo)), int(s_to_units(hi))
         step = (self._tof_hi - self._tof_lo) / N_TOF_BINS
         self._tof_axis_ns = (self._tof_lo + (np.arange(N_TOF_BINS) + 0.5) * step) * UNIT_NS
         self._pv_t0 = time.monotonic()
+        self._pv_hits = 0
         self._empty_i64 = np.zeros(0, np.int64)
 
     def _words(self, chunk: np.ndarray) -> np.ndarray:
@@ -106,6 +121,7 @@ class PipelinePacketProcessor(BasePipelineObject):
         c.add("triggers", n_trig)
         c.add("malformed_words", int(dec.counts.malformed))
         c.add("decoded_chunks", 1)
+        self._pv_hits += n_pix
         if self.use_events:
             out = self.packet_processor.process(dec)
             self._emit_events(out)
@@ -143,9 +159,12 @@ class PipelinePacketProcessor(BasePipelineObject):
             return
         now = time.monotonic()
         if force or now - self._pv_t0 >= self.preview_period_s:
-            prev.publish(self._pv_map, self._pv_hist, self._tof_axis_ns)
-            self._pv_map[...] = 0
-            self._pv_hist[...] = 0
+            # a period without any decoded hit keeps the last frame on display
+            if self._pv_hits:
+                prev.publish(self._pv_map, self._pv_hist, self._tof_axis_ns)
+                self._pv_map[...] = 0
+                self._pv_hist[...] = 0
+                self._pv_hits = 0
             self._pv_t0 = now
 
     def on_idle(self) -> None:

@@ -17,6 +17,7 @@ makes the kernel attach its cumulative drop count to each datagram: published as
 from __future__ import annotations
 
 import collections
+import select
 import socket
 import threading
 import time
@@ -26,11 +27,14 @@ import numpy as np
 import zmq
 
 from .baseplugin import BasePipelineObject
+from .counters import CTRL_DRAIN, CTRL_FORCE
 from .messages import MessageType
 from .raw2disk import Raw2Disk
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+SK_MEMINFO_DROPS = 8     # index of the drop counter in the SO_MEMINFO array
 #: largest UDP payload: every datagram is received into a slot this big.
 MAX_DATAGRAM = 65536
 DEFAULT_CHUNK_BYTES = 4 << 20
@@ -161,6 +165,7 @@ class UdpSampler(BasePipelineObject):
 
     def _handoff(self, buf: np.ndarray, nbytes: int, ndgram: int) -> None:
         c = self.wiring.counters
+        self._kernel_drops()
         chunk = buf[:nbytes]
         if self.raw2disk.recording:
             self.raw2disk.put(chunk)
@@ -177,83 +182,94 @@ class UdpSampler(BasePipelineObject):
         c.add("datagrams", ndgram)
         c.add("bytes", nbytes)
 
+    def _kernel_drops(self) -> None:
+        """Exact cumulative drop count of the socket (SO_MEMINFO), if the kernel has it."""
+        try:
+            info = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 64)
+        except OSError:
+            return
+        if len(info) >= 4 * (SK_MEMINFO_DROPS + 1):
+            self._note_drops(int.from_bytes(info[4 * SK_MEMINFO_DROPS:4 * SK_MEMINFO_DROPS + 4], "little"))
+
+    def _note_drops(self, cumulative: int) -> None:
+        if cumulative != self._last_drops:
+            self.wiring.counters.add("kernel_drops", (cumulative - self._last_drops) & 0xFFFFFFFF)
+            self._last_drops = cumulative
+
     def main_loop(self) -> bool:
+        """Receive loop: ``recv_into`` at the fill offset of the chunk buffer; every 32nd
+        datagram through ``recvmsg_into`` for the kernel's SO_RXQ_OVFL drop count (it is
+        cumulative, so sampling loses nothing), checks (time, commands, stop) every 64."""
         sock = self.sock
-        recv = sock.recvmsg_into
+        recv_into = sock.recv_into
+        recvmsg_into = sock.recvmsg_into
         anc_size = socket.CMSG_SPACE(4)
         chunk_bytes, max_dgrams, flush_s = self.chunk_bytes, self.chunk_size, self.flush_timeout
-        c = self.wiring.counters
-        ctrl = c.ctrl
+        ctrl = self.wiring.counters.ctrl
+        monotonic = time.monotonic
         self._seq = 0
-        last_drops = 0   # the kernel's cumulative count for this socket
-        poller_fd = sock.fileno()
-        import select
+        self._last_drops = 0
         poll = select.poll()
-        poll.register(poller_fd, select.POLLIN)
+        poll.register(sock.fileno(), select.POLLIN)
 
-        def new_buffer():
-            b = np.empty(chunk_bytes + MAX_DATAGRAM, np.uint8)
-            return b, memoryview(b)
-
-        buf, mv = new_buffer()
-        off = 0
-        ndg = 0
+        buf = np.empty(chunk_bytes + MAX_DATAGRAM, np.uint8)
+        mv = memoryview(buf)
+        off = ndg = 0
         t_first = 0.0
-        checks = 0
+        k = 0
         while True:
             try:
-                n, anc, _flags, _addr = recv([mv[off:off + MAX_DATAGRAM]], anc_size)
+                if k & 31:
+                    n = recv_into(mv[off:off + MAX_DATAGRAM])
+                else:
+                    n, anc, _flags, _addr = recvmsg_into([mv[off:off + MAX_DATAGRAM]], anc_size)
+                    for level, typ, data in anc:
+                        if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(data) >= 4:
+                            self._note_drops(int.from_bytes(data[:4], "little"))
             except BlockingIOError:
                 # idle: flush a partial chunk on time-out, apply commands, check stop
-                now = time.monotonic()
-                if off and now - t_first >= flush_s:
+                now = monotonic()
+                flush = off and (now - t_first >= flush_s or self._has_pending or ctrl[CTRL_DRAIN]
+                                 or not self.enable)
+                if flush:
                     self._handoff(buf, off, ndg)
-                    buf, mv = new_buffer()
+                    buf = np.empty(chunk_bytes + MAX_DATAGRAM, np.uint8)
+                    mv = memoryview(buf)
                     off = ndg = 0
                 if self._has_pending:
-                    if off:
-                        self._handoff(buf, off, ndg)
-                        buf, mv = new_buffer()
-                        off = ndg = 0
                     self._apply_commands()
-                if ctrl[1] or self._orphaned():       # CTRL_FORCE
+                if ctrl[CTRL_FORCE] or self._orphaned():
                     return False
-                if ctrl[0] or not self.enable:       # CTRL_DRAIN
-                    if off:
-                        self._handoff(buf, off, ndg)
+                if ctrl[CTRL_DRAIN] or not self.enable:
+                    self._kernel_drops()
                     self.raw2disk.stop()
                     return True
                 wait_ms = 50 if not off else max(1, int(1000 * (t_first + flush_s - now)) + 1)
                 poll.poll(min(wait_ms, 50))
                 continue
-            if anc:
-                for level, typ, data in anc:
-                    if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(data) >= 4:
-                        d = int.from_bytes(data[:4], "little")
-                        if d != last_drops:
-                            c.add("kernel_drops", (d - last_drops) & 0xFFFFFFFF)
-                            last_drops = d
             if off == 0:
-                t_first = time.monotonic()
+                t_first = monotonic()
             off += n
             ndg += 1
-            checks += 1
-            if off >= chunk_bytes or ndg >= max_dgrams or self._has_pending or checks >= 64:
-                checks = 0
-                if off >= chunk_bytes or ndg >= max_dgrams or self._has_pending \
-                        or time.monotonic() - t_first >= flush_s:
+            k += 1
+            if off >= chunk_bytes or ndg >= max_dgrams or not k & 63:
+                stop = ctrl[CTRL_DRAIN] or ctrl[CTRL_FORCE] or not self.enable
+                if off >= chunk_bytes or ndg >= max_dgrams or self._has_pending or stop \
+                        or monotonic() - t_first >= flush_s:
                     self._handoff(buf, off, ndg)
-                    buf, mv = new_buffer()
+                    buf = np.empty(chunk_bytes + MAX_DATAGRAM, np.uint8)
+                    mv = memoryview(buf)
                     off = ndg = 0
                     if self._has_pending:
                         self._apply_commands()
-                if ctrl[1] or self._orphaned():
-                    return False
-                if ctrl[0] or not self.enable:
-                    if off:
-                        self._handoff(buf, off, ndg)
+                if stop:
+                    if ctrl[CTRL_FORCE] or self._orphaned():
+                        return False
+                    self._kernel_drops()
                     self.raw2disk.stop()
                     return True
+                if self._orphaned():
+                    return False
 
     def post_run(self):
         try:

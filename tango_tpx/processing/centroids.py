@@ -34,8 +34,6 @@ from tango_tpx.processing.clustering import (
     _check_coords,
     _check_params,
     _frame_size,
-    _insertion_order,
-    _is_sorted,
     new_pixel_map,
     renumber_first_appearance,
     sort_order,
@@ -85,52 +83,74 @@ class Centroids(_SoA):
 # numba kernels
 # ----------------------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
-def _new_acc(k):
-    return (np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64),
-            np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64))
+def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units):
+    """Per-cluster ToT-weighted centroids of hits in (trig, t) order.
 
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _add_hit(acc, c, i, trig, x, y, t, tot):
-    t0, tr, sx, sy, st, tsum, tmax, size = acc
-    w = np.int64(tot[i])
-    if size[c] == 0:
-        t0[c] = t[i]
-        tr[c] = trig[i]
-    sx[c] += np.int64(x[i]) * w
-    sy[c] += np.int64(y[i]) * w
-    st[c] += (t[i] - t0[c]) * w
-    tsum[c] += w
-    if w > tmax[c]:
-        tmax[c] = w
-    size[c] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _finish(acc, min_size, tw_units):
-    """Centroid fields of the clusters with at least ``min_size`` hits, in cluster order.
+    ``ids``: cluster labels 0..n_clusters-1 (-1 = skip), or with ``from_parent`` the
+    union-find forest of ``union_pass`` (consumed: each root is overwritten with
+    ``-2 - cluster_id``; parents point to earlier hits, so a root is always met before its
+    members and clusters are numbered in order of their first hit).
 
     Integer sums are exact; tof is averaged relative to the cluster's first hit (no int64
     overflow) and rounded half up to a fine unit, then corrected by ``tw_units`` (fine units
-    per ToT bin, indexed by tot_max - 1, clamped; empty = no correction). Every hit has
-    tot >= 1 (tot > tot_threshold >= 0), so the ToT sums are never zero.
+    per ToT bin, indexed by tot_max - 1, clamped; empty = no correction). Clusters with fewer
+    than ``min_size`` hits are dropped. Every hit has tot >= 1 (tot > tot_threshold >= 0), so
+    the ToT sums are never zero.
     """
-    t0, tr, sx, sy, st, tsum, tmax, size = acc
-    k = 0
-    for c in range(size.size):
+    k = n_clusters
+    t0 = np.zeros(k, np.int64)
+    tr = np.zeros(k, np.int64)
+    sx = np.zeros(k, np.int64)
+    sy = np.zeros(k, np.int64)
+    st = np.zeros(k, np.int64)
+    tsum = np.zeros(k, np.int64)
+    tmax = np.zeros(k, np.int64)
+    size = np.zeros(k, np.int64)
+    n_seen = 0
+    for i in range(ids.size):
+        p = ids[i]
+        if p < 0:
+            continue
+        if from_parent:
+            if p == i:
+                c = n_seen
+                n_seen += 1
+                ids[i] = -2 - c
+            else:
+                r = p
+                while ids[r] >= 0:
+                    r = ids[r]
+                c = -2 - ids[r]
+                ids[i] = r
+        else:
+            c = p
+        w = np.int64(tot[i])
+        if size[c] == 0:
+            t0[c] = t[i]
+            tr[c] = trig[i]
+        sx[c] += np.int64(x[i]) * w
+        sy[c] += np.int64(y[i]) * w
+        st[c] += (t[i] - t0[c]) * w
+        tsum[c] += w
+        if w > tmax[c]:
+            tmax[c] = w
+        size[c] += 1
+
+    m = 0
+    for c in range(k):
         if size[c] >= min_size:
-            k += 1
-    o_trig = np.empty(k, np.int64)
-    o_x = np.empty(k, np.float32)
-    o_y = np.empty(k, np.float32)
-    o_t = np.empty(k, np.int64)
-    o_tsum = np.empty(k, np.uint32)
-    o_tavg = np.empty(k, np.float32)
-    o_tmax = np.empty(k, np.uint16)
-    o_size = np.empty(k, np.uint32)
+            m += 1
+    o_trig = np.empty(m, np.int64)
+    o_x = np.empty(m, np.float32)
+    o_y = np.empty(m, np.float32)
+    o_t = np.empty(m, np.int64)
+    o_tsum = np.empty(m, np.uint32)
+    o_tavg = np.empty(m, np.float32)
+    o_tmax = np.empty(m, np.uint16)
+    o_size = np.empty(m, np.uint32)
     nlut = tw_units.size
     m = 0
-    for c in range(size.size):
+    for c in range(k):
         if size[c] < min_size:
             continue
         wsum = tsum[c]
@@ -148,42 +168,6 @@ def _finish(acc, min_size, tw_units):
         o_size[m] = size[c]
         m += 1
     return o_trig, o_x, o_y, o_t, o_tsum, o_tavg, o_tmax, o_size
-
-
-@numba.njit(cache=True, nogil=True)
-def _accumulate_parent(parent, n_clusters, trig, x, y, t, tot, min_size, tw_units):
-    """Centroids straight from the union-find forest of ``union_pass`` (hits in (trig, t)
-    order). ``parent`` is consumed: roots are overwritten with ``-2 - cluster_id``."""
-    acc = _new_acc(n_clusters)
-    k = 0
-    for i in range(parent.size):
-        p = parent[i]
-        if p == -1:
-            continue
-        if p == i:
-            c = k
-            k += 1
-            parent[i] = -2 - c
-        else:
-            # parents point to earlier hits, already visited: the root holds its cluster code
-            r = p
-            while parent[r] >= 0:
-                r = parent[r]
-            c = -2 - parent[r]
-            parent[i] = r
-        _add_hit(acc, c, i, trig, x, y, t, tot)
-    return _finish(acc, min_size, tw_units)
-
-
-@numba.njit(cache=True, nogil=True)
-def _accumulate_labels(labels, n_clusters, trig, x, y, t, tot, min_size, tw_units):
-    """Centroids of hits in (trig, t) order with given labels 0..n_clusters-1 (-1 skipped)."""
-    acc = _new_acc(n_clusters)
-    for i in range(labels.size):
-        c = labels[i]
-        if c >= 0:
-            _add_hit(acc, c, i, trig, x, y, t, tot)
-    return _finish(acc, min_size, tw_units)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -208,11 +192,10 @@ def _sorted_centroids(fields) -> Centroids:
     """Centroids from kernel output, put in (trigger_nr, tof) order (stable)."""
     cen = Centroids(*fields)
     n = len(cen)
-    if n > 1 and not _is_sorted(cen.trigger_nr, cen.tof):
-        order, ok = _insertion_order(cen.trigger_nr, cen.tof, 16 * n + 1024)
-        if not ok:
-            order = np.lexsort((cen.tof, cen.trigger_nr))
-        cen = cen.take(order)
+    if n > 1:
+        order = sort_order(cen.trigger_nr, cen.tof)
+        if order is not None:
+            cen = cen.take(order)
     return cen
 
 
@@ -268,8 +251,8 @@ def _fast_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, radiu
                  tw_units) -> Centroids:
     last = new_pixel_map(_frame_size(x), _frame_size(y), radius, tof.size)
     parent, ncl = union_pass(trig, x, y, tof, tot, int(tot_threshold), radius, window, last)
-    return _sorted_centroids(_accumulate_parent(parent, ncl, trig, x, y, tof, tot,
-                                                int(min_cluster_size), tw_units))
+    return _sorted_centroids(_accumulate(parent, True, ncl, trig, x, y, tof, tot,
+                                         int(min_cluster_size), tw_units))
 
 
 def dbscan_labels(trig, x, y, tof, *, eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,
@@ -317,8 +300,8 @@ def _dbscan_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, eps
         trig, x, y, tof, tot = trig[keep], x[keep], y[keep], tof[keep], tot[keep]
     labels = dbscan_labels(trig, x, y, tof, eps=eps, min_samples=min_samples, chunk_hits=chunk_hits)
     labels, ncl = renumber_first_appearance(labels)
-    return _sorted_centroids(_accumulate_labels(labels, ncl, trig, x, y, tof, tot,
-                                                int(min_cluster_size), tw_units))
+    return _sorted_centroids(_accumulate(labels, False, ncl, trig, x, y, tof, tot,
+                                         int(min_cluster_size), tw_units))
 
 
 def _run_sorted(arrays, params: dict) -> Centroids:

@@ -16,9 +16,11 @@ so labels come out numbered in order of each cluster's first hit.
 
 Input order: the stream is only locally out of order, so sorting first checks whether the
 hits are already in (trigger_nr, time) order (the normal case for events from the
-:class:`PacketProcessor`); otherwise a bounded insertion sort (cheap for local disorder) is
-tried and, if the disorder is large, a stable ``numpy.lexsort`` is used. Every sort is
-stable, so the result is the same whichever path is taken.
+:class:`PacketProcessor`); otherwise (trigger_nr, time) is packed into one int64 key and
+sorted by numpy's stable sort, timsort, which finds and merges the sorted runs of a locally
+disordered stream (a double column's hits of one readout block form such a run); a stable
+``numpy.lexsort`` is the fallback when the key does not fit. Every path is stable, so the
+result does not depend on which one was taken.
 
 Units: times are int64 fine units of 25/4096 ns; ``time_window_ns`` is in ns; x, y in pixels;
 ToT in counts of 25 ns.
@@ -55,49 +57,57 @@ def _is_sorted(trig: np.ndarray, t: np.ndarray) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _insertion_order(trig: np.ndarray, t: np.ndarray, budget: int):
-    """Stable insertion sort of indices by (trig, t), giving up after ``budget`` moves.
+def _combined_key(trig: np.ndarray, t: np.ndarray):
+    """One int64 key ordering like (trig, t): ``(trig - min) << b | (t - min)``.
 
-    Returns (order, ok). Linear for a stream that is only locally out of order.
+    Returns (key, ok); ok is False when the ranges need more than 62 bits.
     """
     n = t.size
-    order = np.arange(n)
-    kt = trig.astype(np.int64)
-    kv = t.astype(np.int64)
-    moves = 0
-    for i in range(1, n):
-        ct = kt[i]
-        cv = kv[i]
-        ci = order[i]
-        j = i - 1
-        while j >= 0 and (kt[j] > ct or (kt[j] == ct and kv[j] > cv)):
-            kt[j + 1] = kt[j]
-            kv[j + 1] = kv[j]
-            order[j + 1] = order[j]
-            j -= 1
-            moves += 1
-        kt[j + 1] = ct
-        kv[j + 1] = cv
-        order[j + 1] = ci
-        if moves > budget:
-            return order, False
-    return order, True
+    key = np.empty(n, np.int64)
+    tr_lo = np.int64(trig[0])
+    tr_hi = tr_lo
+    t_lo = np.int64(t[0])
+    t_hi = t_lo
+    for i in range(n):
+        a = np.int64(trig[i])
+        b = np.int64(t[i])
+        tr_lo = min(tr_lo, a)
+        tr_hi = max(tr_hi, a)
+        t_lo = min(t_lo, b)
+        t_hi = max(t_hi, b)
+    # differences as unsigned-safe checks: refuse spans that could overflow
+    if t_lo < -(1 << 61) or t_hi > (1 << 61) or tr_lo < -(1 << 61) or tr_hi > (1 << 61):
+        return key, False
+    t_span = t_hi - t_lo
+    tr_span = tr_hi - tr_lo
+    bits = 0
+    while bits < 63 and (np.int64(1) << bits) <= t_span:
+        bits += 1
+    tr_bits = 0
+    while tr_bits < 63 and (np.int64(1) << tr_bits) <= tr_span:
+        tr_bits += 1
+    if bits + tr_bits > 62:
+        return key, False
+    for i in range(n):
+        key[i] = ((np.int64(trig[i]) - tr_lo) << bits) | (np.int64(t[i]) - t_lo)
+    return key, True
 
 
 def sort_order(trigger_nr: np.ndarray, t: np.ndarray) -> np.ndarray | None:
     """Stable permutation that sorts hits by (trigger_nr, t), or ``None`` if already sorted.
 
-    trigger_nr: integer event numbers; t: int64 times (fine units). Exploits local disorder:
-    a sortedness check, then a bounded insertion sort (at most ~16 moves per hit), then a
-    stable ``numpy.lexsort`` for heavily shuffled input.
+    trigger_nr: integer event numbers; t: int64 times (fine units). A sortedness check
+    first (the normal case: events come time-sorted); then one combined int64 key sorted by
+    numpy's stable sort (timsort, which merges the sorted runs of a locally disordered
+    stream); a stable ``numpy.lexsort`` when the key would not fit in 62 bits.
     """
     trigger_nr = np.asarray(trigger_nr)
     t = np.asarray(t)
     if t.size < 2 or _is_sorted(trigger_nr, t):
         return None
-    order, ok = _insertion_order(trigger_nr, t, 16 * t.size + 1024)
+    key, ok = _combined_key(trigger_nr, t)
     if ok:
-        return order
+        return np.argsort(key, kind="stable")
     return np.lexsort((t, trigger_nr))
 
 

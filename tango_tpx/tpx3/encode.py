@@ -59,7 +59,7 @@ def _u64(a) -> np.ndarray:
 
 def _as_int64(name: str, a) -> np.ndarray:
     arr = np.asarray(a)
-    if arr.dtype.kind not in "iub":
+    if arr.dtype.kind not in "iub" and arr.size:
         raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
     if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"{name} out of int64 range")

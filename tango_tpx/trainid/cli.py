@@ -42,11 +42,17 @@ def add_parser(subparsers) -> None:
 
 
 def _wait(duration: float, stop: threading.Event) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    """Wait ``duration`` s (0: forever) or until Ctrl-C / SIGTERM."""
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait(duration if duration > 0 else None)
     except KeyboardInterrupt:
         pass
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def run_sim(args: argparse.Namespace) -> int:

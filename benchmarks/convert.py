@@ -1,0 +1,132 @@
+"""End-to-end conversion benchmark: simulated raw file -> HDF5 with centroids (``tango-tpx convert``).
+
+Usage: ``python benchmarks/convert.py [--size-gb 1.0] [--processes 2] [--dbscan-mhits 0.3]``
+
+1. The simulator writes a pymepix .raw file of ``--size-gb`` GB (default 1 GB, ~130 M hits).
+2. numba/scikit-learn are warmed up on a tiny file, outside the timed regions.
+3. Timed: the whole file, fast clustering, ``--processes`` processes (Mhits/s = decoded pixel
+   hits per second of wall time, reading, decoding, events, centroids and HDF5 writing included).
+4. Same run, a slice of the file (``--dbscan-mhits`` M words): the pymepix-compatible DBSCAN
+   mode (the baseline) and the fast mode on the same slice, and their ratio.
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _convert(src: Path, out: Path, **kw) -> tuple[float, object]:
+    from tango_tpx.io.convert import convert_file
+
+    t0 = time.perf_counter()
+    r = convert_file(src, out, force=True, **kw)
+    return time.perf_counter() - t0, r
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-gb", type=float, default=1.0, help="size of the simulated raw file (GB, default 1)")
+    ap.add_argument("--processes", type=int, default=2, help="number_of_processes (default 2)")
+    ap.add_argument("--dbscan-mhits", type=float, default=0.3, help="M words of the slice for the DBSCAN baseline")
+    ap.add_argument("--rate-mhits", type=float, default=10.0, help="simulated hit rate (Mhits/s)")
+    ap.add_argument("--trigger-hz", type=float, default=1000.0, help="simulated trigger rate (Hz)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", default=None, help="where the files go (default: a temporary directory)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    args = ap.parse_args(argv)
+
+    from tango_tpx.simulator import SimConfig, SpidrSimulator, simulate
+    from tango_tpx.tpx3.files import RawFileWriter, iter_words
+
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tpx-convert-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src, out = work / "bench.raw", work / "bench.h5"
+    piece, piece_fast, piece_db = work / "slice.raw", work / "slice_fast.h5", work / "slice_dbscan.h5"
+    try:
+        for p in (src, piece):
+            if p.exists():
+                p.unlink()
+        # -- 1. data --------------------------------------------------------------------------
+        duration = args.size_gb * 1e9 / 8 / (args.rate_mhits * 1e6)
+        t0 = time.perf_counter()
+        summary = SpidrSimulator(SimConfig(rate_mhits=args.rate_mhits, duration_s=duration, seed=args.seed,
+                                           trigger_hz=args.trigger_hz)).write_file(src)
+        gen_s = time.perf_counter() - t0
+        size = src.stat().st_size
+        print(f"simulated {size / 1e9:.2f} GB raw file ({summary['hits'] / 1e6:.1f} M hits, "
+              f"{summary['triggers']} triggers) in {gen_s:.1f} s: {src}")
+        slice_words = int(args.dbscan_mhits * 1e6)
+        with RawFileWriter(piece) as w:
+            for words in iter_words(src, chunk_words=slice_words, stop_word=slice_words):
+                w.write(words)
+
+        # -- 2. warm-up (numba compilation / cache load, sklearn import) ------------------------
+        tiny_words, _ = simulate(SimConfig(rate_mhits=0.2, duration_s=0.02, seed=2, trigger_hz=1000.0))
+        tiny = work / "tiny.raw"
+        if tiny.exists():
+            tiny.unlink()
+        with RawFileWriter(tiny) as w:
+            w.write(tiny_words)
+        _convert(tiny, work / "tiny.h5", number_of_processes=1)
+        _convert(tiny, work / "tiny.h5", number_of_processes=1, dbscan=True)
+
+        # -- 3. the whole file, fast clustering ----------------------------------------------------
+        t_full, r_full = _convert(src, out, number_of_processes=args.processes)
+        mh_full = r_full.hits / t_full / 1e6
+        h5_size = out.stat().st_size
+        print(f"end to end, fast, {args.processes} processes: {r_full.hits / 1e6:.1f} M hits, "
+              f"{r_full.centroids / 1e6:.2f} M centroids in {t_full:.1f} s = {mh_full:6.2f} Mhits/s "
+              f"({size / t_full / 1e6:.0f} MB/s raw in, {h5_size / 1e6:.0f} MB HDF5 out)")
+
+        # -- 4. slice: DBSCAN baseline vs fast -----------------------------------------------------
+        t_db, r_db = _convert(piece, piece_db, number_of_processes=args.processes, dbscan=True)
+        t_fs, r_fs = _convert(piece, piece_fast, number_of_processes=args.processes)
+        t_f1, r_f1 = _convert(piece, piece_fast, number_of_processes=1)
+        mh_db = r_db.hits / t_db / 1e6
+        mh_fs = r_fs.hits / t_fs / 1e6
+        mh_f1 = r_f1.hits / t_f1 / 1e6
+        print(f"slice of {r_db.hits / 1e6:.2f} M hits, {args.processes} processes:")
+        print(f"  dbscan (pymepix-compatible, baseline): {mh_db:8.3f} Mhits/s  ({r_db.centroids} centroids)")
+        print(f"  fast:                                  {mh_fs:8.3f} Mhits/s  ({r_fs.centroids} centroids)")
+        print(f"  fast, 1 process:                       {mh_f1:8.3f} Mhits/s")
+        print(f"  ratio fast / dbscan on the slice:      {mh_fs / mh_db:8.1f} x")
+        print(f"  ratio end-to-end fast / dbscan:        {mh_full / mh_db:8.1f} x")
+        result = {
+            "benchmark": "convert", "size_gb": round(size / 1e9, 3), "hits": r_full.hits,
+            "centroids": r_full.centroids, "processes": args.processes, "cpu_count": os.cpu_count(),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+            "seconds": round(t_full, 2), "mhits_per_s": round(mh_full, 2),
+            "mb_per_s_in": round(size / t_full / 1e6, 1), "h5_mb": round(h5_size / 1e6, 1),
+            "slice_hits": r_db.hits, "dbscan_mhits_per_s": round(mh_db, 3),
+            "slice_fast_mhits_per_s": round(mh_fs, 2), "slice_fast_1proc_mhits_per_s": round(mh_f1, 2),
+            "ratio_fast_vs_dbscan_slice": round(mh_fs / mh_db, 1),
+            "ratio_end_to_end_vs_dbscan": round(mh_full / mh_db, 1),
+            "target_mhits_per_s": 15.0, "simulate_s": round(gen_s, 1),
+        }
+    finally:
+        if not args.keep:
+            if args.workdir:
+                for p in (src, out, piece, piece_fast, piece_db, work / "tiny.raw", work / "tiny.h5"):
+                    if p.exists():
+                        p.unlink()
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Shared helpers of the pipeline tests (no tests here)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+CAPTURES = Path(__file__).parents[2] / "shared/data/spidr-captures"
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def send_datagrams(port: int, payloads: list[bytes] | list[memoryview], pause_every: int = 128) -> int:
+    """Send each payload as one UDP datagram to 127.0.0.1:port; returns bytes sent."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    n = 0
+    try:
+        for i, p in enumerate(payloads):
+            s.sendto(p, ("127.0.0.1", port))
+            n += len(p)
+            if pause_every and i % pause_every == pause_every - 1:
+                time.sleep(0.001)
+    finally:
+        s.close()
+    return n
+
+
+def split(data: bytes, size: int = 8192) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0, period: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(period)
+    return cond()
+
+
+def drain(q) -> list:
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except Exception:
+            return out
+
+
+def open_fds() -> set[str]:
+    """Open file descriptors of this process, with what they point to."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            pass
+    return out
+
+
+def child_pids(pid: int | None = None) -> set[int]:
+    """Direct children of ``pid`` (default: this process), from /proc."""
+    pid = os.getpid() if pid is None else pid
+    out: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out |= {int(x) for x in f.read().split()}
+        except OSError:
+            pass
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def random_words(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2**63, n, dtype=np.uint64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -194,6 +196,7 @@ def test_one_and_three_processes_give_identical_output(dbscan):
         a = one.process(ev)
         b = three.process(ev)
         assert three._pool is not None  # really ran in the pool
+    assert multiprocessing.active_children() == []  # the workers are gone after close
     assert len(a) > 100
     for name in ("trigger_nr", "x", "y", "tof", "tot_sum", "tot_avg", "tot_max", "size"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name

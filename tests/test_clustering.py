@@ -156,6 +156,22 @@ def test_sort_order_paths_are_stable_and_correct():
     assert np.array_equal(sort_order(trig, t - 500), np.lexsort((t, trig)))
 
 
+def test_extreme_times_keep_exact_arithmetic():
+    """Times spanning +-2^61 fine units (internal keys are rebased to avoid overflow)."""
+    lo, hi = -(1 << 61) + 10, (1 << 61) - 100
+    rows_t, trig, x = [], [], []
+    for k in range(4):
+        rows_t += [lo, hi, hi + 50, hi + 60]
+        trig += [k] * 4
+        x += [1, 1, 2, 9]
+    t = np.array(rows_t, np.int64)
+    y = np.ones(t.size, np.uint16)
+    lab = cluster_hits(np.array(trig), np.array(x, np.uint16), y, t)
+    assert lab.tolist() == [0, 1, 1, 2, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10, 10, 11]
+    with pytest.raises(ValueError, match="2\\^61"):
+        cluster_hits(np.zeros(2, np.int64), np.ones(2, np.uint16), y[:2], np.array([0, 1 << 62]))
+
+
 def test_bad_input_is_rejected_clearly():
     trig, x, y, t, tot = hits([(0, 1, 1, 0.0), (0, 2, 1, 1.0)])
     with pytest.raises(ValueError, match="same length"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tango_tpx.tpx3.codec import COUNT_NAMES, EXCLUSIVE_COUNTS, Decoder, decode_words, quad_map
+from tango_tpx.tpx3.codec import COUNT_NAMES, EXCLUSIVE_COUNTS, Decoder, decode_words
+from tango_tpx.tpx3.files import quad_map
 from tango_tpx.tpx3.reference import decode_numpy
 from tango_tpx.tpx3.units import UNIT_NS
 
@@ -220,6 +221,9 @@ def test_tpx3_framing_sets_chip_and_quad_mapping():
         (0, 513), (255, 258),       # chip 3
     ]
     assert quad_map.py_func(0, 0, 0) == (258, 513)
+    # a corrupt header naming chip 7 in a quad: its pixels are counted as 'other', skipped
+    bad = decode_words(arr(_chunk_header(7, 8), px[0]), framing="tpx3", layout="quad")
+    assert len(bad.pixels) == 0 and bad.counts.other == 1
     # a stream cut inside a chunk decodes the same
     dec = Decoder(framing="tpx3", layout="quad")
     parts = [dec.decode(words[i:i + 2]) for i in range(0, len(words), 2)]

@@ -573,3 +573,62 @@ def test_interrupted_conversion_leaves_no_complete_looking_file(tmp_path, slow_i
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "worker processes outlived the converter"
+
+
+# ------------------------------------------------------------------------------------------
+# trigger-aligned batches == the sequential PacketProcessor
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("window", [(0.0, np.inf), (0.0, 3e-6), (2e-6, 5e-6)])
+def test_batched_events_equal_sequential_packet_processor(tmp_path, window):
+    from tango_tpx.processing.events import Events, PacketProcessor
+    from tango_tpx.simulator import SimConfig, simulate
+    from tango_tpx.tpx3.codec import Decoder
+    from tango_tpx.tpx3.files import iter_words
+
+    words, _ = simulate(SimConfig(rate_mhits=0.5, duration_s=0.03, seed=4, trigger_hz=2000.0))
+    src = write_raw(tmp_path / "sim.raw", words)
+    out = tmp_path / "o.h5"
+    r = convert_file(src, out, centroiding=False, event_window=window, chunk_words=3000, batch_hits=1000,
+                     number_of_processes=2)
+    dec, pp = Decoder(), PacketProcessor(event_window=window)
+    parts = [pp.process(dec.decode(w)).events for w in iter_words(src, chunk_words=7777)]
+    ev = Events.concat(parts + [pp.flush().events])
+    raw = read_table(out, "raw")
+    assert len(ev) == len(raw["x"]) == r.events > 1000
+    assert r.processing["outside_window"] > 1000 or window[1] == np.inf
+    np.testing.assert_array_equal(raw["trigger nr"], ev.trigger_nr)
+    np.testing.assert_array_equal(raw["x"], ev.x)
+    np.testing.assert_array_equal(raw["y"], ev.y)
+    np.testing.assert_array_equal(raw["tot"], ev.tot.astype(np.uint32) * 25)
+    np.testing.assert_array_equal(raw["tof"], ev.tof * UNIT_S)
+    for k in ("triggers", "before_first_trigger", "outside_window", "late_pixels", "lost_triggers"):
+        assert r.processing[k] == pp.stats[k], k
+
+
+def test_batcher_memory_stays_bounded_without_triggers_and_with_rare_triggers():
+    from tango_tpx.io.convert import _Batcher
+    from tango_tpx.tpx3.hits import PixelHits
+
+    slack = 4096 * 40 * 1000  # 1 ms
+    step = 4096 * 40          # one pixel per us
+    # no trigger at all: pixels older than the reorder window are dropped as before_first_trigger
+    b = _Batcher(batch_hits=100, slack_units=slack, window_units=(0, None))
+    for k in range(50):
+        t = (np.arange(100) + 100 * k) * step
+        b.add(PixelHits(np.zeros(100, np.uint16), np.zeros(100, np.uint16), t, np.ones(100, np.uint16),
+                        np.zeros(100, np.uint8)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        assert b.cut() == []
+        assert b.n <= 100 + 1000 + 100  # batch_hits + reorder window (1000 us) + one chunk
+    assert b.stats["before_first_trigger"] == 5000 - b.n
+    # one trigger, window 500 us: pixels past its window end are dropped as outside_window
+    b = _Batcher(batch_hits=100, slack_units=slack, window_units=(0, 500 * step))
+    b.add(PixelHits.empty(), np.array([0], np.int64), np.array([0], np.int64))
+    for k in range(50):
+        t = (np.arange(100) + 100 * k) * step
+        b.add(PixelHits(np.zeros(100, np.uint16), np.zeros(100, np.uint16), t, np.ones(100, np.uint16),
+                        np.zeros(100, np.uint8)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        b.cut()
+        assert b.n <= 501 + 1000 + 100
+    assert b.stats["outside_window"] == 5000 - b.n
+    batches = b.cut(final=True)
+    assert len(batches) == 1 and len(batches[0].pixels) == 5000 - b.stats["outside_window"]

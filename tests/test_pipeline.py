@@ -246,3 +246,64 @@ def test_controller_api_and_preview(sim):
     assert axis[-1] < 10_000 and axis[0] > 0
     ctl.reset_counters()
     assert ctl.counters()["hits"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_pub_stream_delivers_documented_frames(sim, tmp_path):
+    import zmq
+
+    from tango_tpx.pipeline.messages import decode_frames
+    words, truth = sim
+    port = free_udp_port()
+    address = f"ipc://{tmp_path}/stream"
+    ctl = AcquisitionController(udp_port=port, stream_address=address)
+    ctl.centroiding = True
+    ctl.centroid_processes = 2
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"CentroidData")
+    sub.setsockopt(zmq.SUBSCRIBE, b"TriggerData")
+    sub.setsockopt(zmq.LINGER, 0)
+    got = {"CentroidData": [], "TriggerData": []}
+    ctl.start()
+    try:
+        sub.connect(address)
+        time.sleep(0.3)                        # let the subscription reach the publisher
+        send_datagrams(port, split(words.tobytes()))
+        assert wait_for(lambda: ctl.counters()["hits"] == len(truth.hits), 30)
+    finally:
+        ctl.stop()          # flushes the last events; the publisher lingers to deliver them
+    try:
+        while sub.poll(1000):
+            frames = sub.recv_multipart()
+            mtype, data, seq, meta = decode_frames(frames[1:])
+            assert frames[0] == mtype.name.encode()
+            got[mtype.name].append(data)
+    finally:
+        sub.close()
+        ctx.term()
+    c = Centroids.concat(got["CentroidData"])
+    assert len(c) == ctl.counters()["centroids"] > 0
+    assert np.all(np.diff(c.trigger_nr) >= 0)
+    assert _match_fraction(c, truth.particles, 3) >= 0.99
+    trig = TriggerTable.concat(got["TriggerData"])
+    assert np.array_equal(trig.time, truth.trigger_time)
+
+
+@pytest.mark.timeout(60)
+def test_kernel_drops_are_counted_exactly():
+    port = free_udp_port()
+    # the smallest receive buffer the kernel allows: a fast burst must overflow it
+    pipe = PixelPipeline(None, ("127.0.0.1", port), None, rcvbuf_bytes=1, flush_timeout=0.05)
+    n = 3000
+    pipe.start()
+    try:
+        assert pipe.counters.get("rcvbuf_bytes") < 64 << 10
+        send_datagrams(port, [b"\x00" * 1024] * n, pause_every=0)
+        assert wait_for(lambda: pipe.counters.get("datagrams") + pipe.counters.get("kernel_drops") == n, 10), \
+            pipe.counters.snapshot()
+    finally:
+        pipe.stop()
+    c = pipe.counters.snapshot()
+    assert c["kernel_drops"] > 0 and c["datagrams"] + c["kernel_drops"] == n
+    assert c["bytes"] == 1024 * c["datagrams"]

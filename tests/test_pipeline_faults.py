@@ -181,3 +181,24 @@ def test_children_exit_when_the_parent_is_killed():
             proc.kill()
             proc.wait(5)
         proc.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_stop_returns_within_5_s_when_a_stage_is_blocked(monkeypatch):
+    def stuck(self, data_type=None, data=None):
+        import signal as _signal
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)      # even ignores SIGTERM
+        time.sleep(100)
+
+    monkeypatch.setattr(PipelinePacketProcessor, "process", stuck)
+    port = free_udp_port()
+    kids0 = child_pids()
+    ctl = AcquisitionController(udp_port=port)
+    ctl.start()
+    send_datagrams(port, [b"\x00" * 64])
+    assert wait_for(lambda: ctl.counters()["chunks"] == 1, 10)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    ctl.stop()
+    assert time.monotonic() - t0 < 5.0
+    assert wait_for(lambda: child_pids() == kids0, 3)

@@ -74,7 +74,7 @@ def test_counts_match_truth(small):
     cx = np.bincount(truth.particle[sig], weights=w * truth.hits.x[sig]) / tot_sum
     assert np.allclose(cx, truth.particles.x)
     # hit rate and noise share close to the request (Poisson: 4000 hits expected)
-    assert abs(len(truth.hits) - 4000) < 300
+    assert abs(len(truth.hits) - 4000) < 600  # sd ~170 (particle counts and sizes vary)
     assert abs((~sig).sum() - 200) < 60
 
 
@@ -313,3 +313,72 @@ def test_cli_file_and_summary(tmp_path, capsys):
         parser.parse_args(["simulate", "--rate", "1", "--duration", "1", "--seed", "1", "--udp", "nohost"])
     with pytest.raises(SystemExit):  # --udp and --output are exclusive
         parser.parse_args(["simulate", "--rate", "1", "--duration", "1", "--seed", "1", "--udp", "h:1", "--output", "x.raw"])
+
+
+def test_quad_tpx3_file_decodes(tmp_path):
+    codec = pytest.importorskip("tango_tpx.tpx3.codec")
+    cfg = SimConfig(rate_mhits=0.2, duration_s=0.01, seed=4, quad=True, tdc2=True)
+    sim = SpidrSimulator(cfg)
+    sim.write_file(tmp_path / "q.tpx3", truth_path=tmp_path / "q.npz")
+    info = inspect_file(tmp_path / "q.tpx3")
+    assert (info.kind, info.framing, info.trailing_bytes) == ("tpx3", "tpx3", 0)
+    truth = Truth.load(tmp_path / "q.npz")
+    dec = codec.Decoder(framing="tpx3", layout="quad")
+    parts = [dec.decode(w) for w in iter_words(tmp_path / "q.tpx3", chunk_words=777)]  # cut anywhere
+    pix = type(parts[0].pixels).concat([p.pixels for p in parts])
+    a, b = sort_hits(pix), sort_hits(truth.hits)
+    for f in ("x", "y", "toa", "tot", "chip"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    assert sum(len(p.triggers) for p in parts) == len(truth.triggers) == 40
+    assert sim.stats["hits"] == len(truth.hits)
+
+
+@pytest.mark.timeout(60)
+def test_udp_quad_datagrams_are_whole_chunks():
+    cfg = SimConfig(rate_mhits=0.1, duration_s=0.01, seed=6, quad=True, payload_bytes=2048)
+    words, _ = simulate(cfg)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5.0)
+    try:
+        res = SpidrSimulator(cfg).send_udp("127.0.0.1", rx.getsockname()[1], as_fast_as_possible=True)
+        got = [rx.recv(65536) for _ in range(res["datagrams"])]
+    finally:
+        rx.close()
+    assert np.array_equal(np.frombuffer(b"".join(got), "<u8"), words)
+    for g in got:  # every datagram starts with a chunk header and holds whole chunks
+        assert g[:4] == b"TPX3" and len(g) <= 2048
+        i = 0
+        while i < len(g):
+            assert g[i:i + 4] == b"TPX3"
+            i += 8 + int.from_bytes(g[i + 6:i + 8], "little")
+        assert i == len(g)
+
+
+def test_config_json_roundtrip():
+    cfg = SimConfig(rate_mhits=2.5, seed=11, quad=True, tof_peaks_ns=((1000.0, 5.0, 1.0),))
+    assert SimConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.timeout(120)
+def test_tango_tpx_simulate_command(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cmd.tpx3"
+    proc = subprocess.run([sys.executable, "-m", "tango_tpx.cli", "simulate", "--rate", "0.05", "--duration", "0.01",
+                           "--seed", "2", "--quad", "--output", str(out)], capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr
+    assert "hits" in proc.stdout and "triggers" in proc.stdout
+    words, _ = simulate(SimConfig(rate_mhits=0.05, duration_s=0.01, seed=2, quad=True))
+    assert np.array_equal(read_words(out), words)
+
+
+def test_rate_is_honoured():
+    sim = SpidrSimulator(SimConfig(rate_mhits=1.0, duration_s=0.1, seed=12))
+    n = sum(int((hdr_of(w) == 0xB).sum()) for w in sim.iter_blocks())
+    assert n == sim.stats["hits"]
+    assert abs(n - 100_000) < 3_000  # sd ~900
+    assert abs(sim.stats["noise_hits"] - 5_000) < 300
+    assert sim.stats["dropped_particles"] == 0 and sim.stats["triggers"] == 100

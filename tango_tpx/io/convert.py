@@ -128,7 +128,6 @@ class _BatchResult:
 
 
 _PIXEL_STATS = ("pixels_in", "events_pixels", "before_first_trigger", "outside_window", "late_pixels")
-_worker_state: dict = {}
 
 
 def _process_batch(batch: _Batch, state: dict) -> _BatchResult:
@@ -188,63 +187,184 @@ def _make_state(params: dict) -> dict:
             "calc": _make_calculator(params) if params["centroiding"] else None}
 
 
-def _worker_init(params: dict) -> None:
+#: Shared-memory slot layout: (name, dtype, capacity kind). 8-byte columns first (alignment).
+_SLOT_FIELDS = (
+    ("in:toa", np.int64, "px"), ("in:trig", np.int64, "tr"),
+    ("out:trigger nr", np.int64, "px"), ("out:tof", np.float64, "px"), ("out:tot", np.uint32, "px"),
+    ("in:x", np.uint16, "px"), ("in:y", np.uint16, "px"), ("in:tot", np.uint16, "px"),
+    ("out:x", np.uint16, "px"), ("out:y", np.uint16, "px"), ("in:chip", np.uint8, "px"),
+)
+
+
+class _Slot:
+    """A batch-sized shared memory area (anonymous ``MAP_SHARED`` mmap, inherited by forked
+    workers): the batch's pixels and triggers go in, the ``raw/*`` columns come out, so the
+    bulk data never goes through a pipe. 39 bytes per pixel of capacity."""
+
+    def __init__(self, cap_px: int, cap_tr: int):
+        import mmap
+
+        self.cap_px, self.cap_tr = int(cap_px), int(cap_tr)
+        layout, off = [], 0
+        for name, dt, kind in _SLOT_FIELDS:
+            n = self.cap_px if kind == "px" else self.cap_tr
+            layout.append((name, np.dtype(dt), n, off))
+            off += (n * np.dtype(dt).itemsize + 7) // 8 * 8
+        self.mem = mmap.mmap(-1, max(off, 8))
+        self.views = {name: np.frombuffer(self.mem, dtype=dt, count=n, offset=o) for name, dt, n, o in layout}
+
+    def fits(self, batch: _Batch) -> bool:
+        return len(batch.pixels) <= self.cap_px and len(batch.trig_time) <= self.cap_tr
+
+    def put(self, batch: _Batch) -> tuple[int, int]:
+        v, px, n = self.views, batch.pixels, len(batch.pixels)
+        for name, a in (("in:toa", px.toa), ("in:x", px.x), ("in:y", px.y), ("in:tot", px.tot), ("in:chip", px.chip)):
+            v[name][:n] = a
+        v["in:trig"][:len(batch.trig_time)] = batch.trig_time
+        return n, len(batch.trig_time)
+
+    def get_batch(self, n_px: int, n_tr: int, first_nr: int) -> _Batch:
+        from tango_tpx.tpx3.hits import PixelHits
+
+        v = self.views
+        px = PixelHits(v["in:x"][:n_px], v["in:y"][:n_px], v["in:toa"][:n_px], v["in:tot"][:n_px], v["in:chip"][:n_px])
+        return _Batch(px, v["in:trig"][:n_tr], first_nr)
+
+    def put_raw(self, raw: dict) -> int:
+        n = len(raw["x"])
+        for k, a in raw.items():
+            self.views["out:" + k][:n] = a
+        return n
+
+    def get_raw(self, n: int) -> dict:
+        return {k[4:]: a[:n] for k, a in self.views.items() if k.startswith("out:")}
+
+
+def _worker_loop(conn, params: dict, slots: list) -> None:
+    """Worker process: batches in (through a slot or pickled), events + centroids out."""
+    import traceback
+
     _die_with_parent()
-    _worker_state.update(_make_state(params))
-
-
-def _worker_run(batch: _Batch) -> _BatchResult:
-    return _process_batch(batch, _worker_state)
+    state = _make_state(params)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg is None:
+            break
+        try:
+            if msg[0] == "slot":
+                _, s, n_px, n_tr, first_nr = msg
+                slot = slots[s]
+                res = _process_batch(slot.get_batch(n_px, n_tr, first_nr), state)
+                if len(res.raw["x"]) <= slot.cap_px:
+                    n_ev = slot.put_raw(res.raw)
+                    conn.send(("slot", n_ev, res.centroids, res.stats))
+                    continue
+            else:
+                res = _process_batch(msg[1], state)
+            conn.send(("obj", res))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+    conn.close()
 
 
 class _Workers:
     """Ordered processing of batches: inline (N = 1) or on N worker processes.
 
-    At most ``2 N`` batches are in flight; results come back in submission order.
+    Batch ``i`` goes to worker ``i % N``; each worker has two shared-memory slots, so at
+    most ``2 N`` batches are in flight. Results are handed to ``sink`` in submission order,
+    before their slot is reused. A batch larger than a slot travels pickled instead.
     """
 
-    def __init__(self, params: dict, n_processes: int):
+    def __init__(self, params: dict, n_processes: int, sink: Callable[[_BatchResult], Any],
+                 slot_pixels: int):
         self.n = max(1, int(n_processes))
-        self.pool = None
+        self.sink = sink
+        self.procs: list = []
+        self.conns: list = []
         self.inflight: deque = deque()
+        self.count = 0
         if self.n == 1:
             self.state = _make_state(params)
-        else:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            self.pool = ctx.Pool(self.n, initializer=_worker_init, initargs=(params,))
+            return
+        methods = multiprocessing.get_all_start_methods()
+        fork = "fork" in methods
+        ctx = multiprocessing.get_context("fork" if fork else "spawn")
+        self.slots = [_Slot(slot_pixels, 1 << 16) for _ in range(2 * self.n)] if fork else []
+        try:
+            for i in range(self.n):
+                parent, child = ctx.Pipe(duplex=True)
+                p = ctx.Process(target=_worker_loop, args=(child, params, self.slots),
+                                name=f"tango-tpx-convert-{i}", daemon=True)
+                p.start()
+                child.close()
+                self.procs.append(p)
+                self.conns.append(parent)
+        except BaseException:
+            self.close(terminate=True)
+            raise
 
-    def submit(self, batch: _Batch) -> list[_BatchResult]:
-        """Queue a batch; returns the results (in order) that had to be collected meanwhile."""
-        if self.pool is None:
-            return [_process_batch(batch, self.state)]
-        done = []
+    def submit(self, batch: _Batch) -> None:
+        if self.n == 1:
+            self.sink(_process_batch(batch, self.state))
+            return
+        i = self.count
+        self.count += 1
+        w = i % self.n
+        s = 2 * w + (i // self.n) % 2
         while len(self.inflight) >= 2 * self.n:
-            done.append(self.inflight.popleft().get())
-        self.inflight.append(self.pool.apply_async(_worker_run, (batch,)))
-        return done
+            self._collect()
+        if self.slots and self.slots[s].fits(batch):
+            n_px, n_tr = self.slots[s].put(batch)
+            self.conns[w].send(("slot", s, n_px, n_tr, batch.first_nr))
+        else:
+            self.conns[w].send(("obj", batch))
+        self.inflight.append((w, s))
 
-    def ready(self) -> list[_BatchResult]:
-        """Results already finished at the head of the queue (non-blocking)."""
-        done = []
-        while self.inflight and self.inflight[0].ready():
-            done.append(self.inflight.popleft().get())
-        return done
+    def _collect(self) -> None:
+        w, s = self.inflight.popleft()
+        try:
+            msg = self.conns[w].recv()
+        except (EOFError, OSError):
+            code = self.procs[w].exitcode
+            raise RuntimeError(f"conversion worker {w} died (exit code {code})") from None
+        if msg[0] == "error":
+            raise RuntimeError(f"conversion worker {w} failed:\n{msg[1]}")
+        if msg[0] == "slot":
+            _, n_ev, cen, stats = msg
+            self.sink(_BatchResult(self.slots[s].get_raw(n_ev), cen, stats))
+        else:
+            self.sink(msg[1])
 
-    def drain(self) -> list[_BatchResult]:
-        done = []
+    def collect_ready(self) -> None:
+        """Hand over results that are already finished at the head of the queue."""
+        while self.inflight and self.conns[self.inflight[0][0]].poll():
+            self._collect()
+
+    def drain(self) -> None:
         while self.inflight:
-            done.append(self.inflight.popleft().get())
-        return done
+            self._collect()
 
     def close(self, terminate: bool = False) -> None:
-        if self.pool is not None:
+        for c in self.conns:
+            if not terminate:
+                try:
+                    c.send(None)
+                except OSError:
+                    pass
+        for p in self.procs:
             if terminate:
-                self.pool.terminate()
-            else:
-                self.pool.close()
-            self.pool.join()
-            self.pool = None
+                p.terminate()
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for c in self.conns:
+            c.close()
+        self.procs, self.conns = [], []
+        self.inflight.clear()
 
 
 _NEG = np.iinfo(np.int64).min
@@ -512,23 +632,23 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
     writer = None
     with _TermToInterrupt():
         try:
+            pixel_stats = dict.fromkeys(_PIXEL_STATS, 0)
+
+            def write(res: _BatchResult) -> None:
+                writer.append_columns("raw", res.raw)
+                result.events += len(res.raw["x"])
+                if res.centroids is not None and len(res.centroids):
+                    writer.append_centroids(res.centroids)
+                    result.centroids += len(res.centroids)
+                for k, v in res.stats.items():
+                    pixel_stats[k] += v
+
             # workers first (forked before the HDF5 file is open)
-            workers = _Workers(params, number_of_processes)
+            workers = _Workers(params, number_of_processes, write, slot_pixels=batch_hits + chunk_words)
             writer = Hdf5Writer(partial, attrs, overwrite=True, compression=compression)
             batcher = _Batcher(batch_hits, slack, (0, hi_units))
-            pixel_stats = dict.fromkeys(_PIXEL_STATS, 0)
             words_done = 0
             n_total = max(info.n_words, 1)
-
-            def write(results: list[_BatchResult]) -> None:
-                for res in results:
-                    writer.append_columns("raw", res.raw)
-                    result.events += len(res.raw["x"])
-                    if res.centroids is not None and len(res.centroids):
-                        writer.append_centroids(res.centroids)
-                        result.centroids += len(res.centroids)
-                    for k, v in res.stats.items():
-                        pixel_stats[k] += v
 
             for words in iter_words(info.path, chunk_words=chunk_words):
                 decoded = decoder.decode(words)
@@ -544,8 +664,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                     px = PixelHits(px.x, px.y, correct_pixel_toa(px.toa, px.tot, tw_lut), px.tot, px.chip)
                 batcher.add(px, table.time, table.trigger_nr)
                 for batch in batcher.cut():
-                    write(workers.submit(batch))
-                write(workers.ready())
+                    workers.submit(batch)
+                workers.collect_ready()
                 fraction = words_done / n_total
                 if progress_callback is not None:
                     progress_callback(fraction)
@@ -553,8 +673,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                     status_callback(ConvertStatus(fraction, words_done, result.hits, result.events,
                                                   result.centroids, time.perf_counter() - t0))
             for batch in batcher.cut(final=True):
-                write(workers.submit(batch))
-            write(workers.drain())
+                workers.submit(batch)
+            workers.drain()
             workers.close()
             workers = None
 

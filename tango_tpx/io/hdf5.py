@@ -196,7 +196,7 @@ def compression_kwargs(compression: str) -> dict[str, Any]:
     if compression == "blosc-lz4":
         import hdf5plugin
 
-        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE))
     if compression == "lzf":
         return {"compression": "lzf", "shuffle": True}
     if compression in ("none", None, ""):

@@ -42,7 +42,9 @@ DATA_TYPES = frozenset({MessageType.PixelData, MessageType.TriggerData, MessageT
 #: seconds start() waits for every stage to report ready (numba kernels load from cache).
 READY_TIMEOUT_S = 60.0
 #: stop(): clean-drain budget before processes are forced.
-DRAIN_S = 3.0
+DRAIN_S = 2.5
+#: ms the PUB socket may keep delivering queued results to viewers after stop()
+PUB_LINGER_MS = 300
 #: stage classes whose kernels this process has loaded (see BasePipelineObject.warm_up)
 _warm: set = set()
 
@@ -348,7 +350,9 @@ class AcquisitionPipeline:
             path = os.path.abspath(path)
             if os.path.exists(path):
                 raise FileExistsError(17, f"refusing to overwrite {path}")
-            result = self._command_sampler("open", path)
+            if not self._running:
+                raise RuntimeError("the acquisition is not running")
+            result = self._sampler()[0].open_file(path)
             self.recording_file = result
             return result
 
@@ -359,6 +363,7 @@ class AcquisitionPipeline:
                 self.recording_file = ""
                 return ("", 0)
             result = self._command_sampler("close", None)
+            self._sampler()[0]._recording_path = ""
             self.recording_file = ""
             return tuple(result)
 
@@ -382,11 +387,18 @@ class AcquisitionPipeline:
             s.join(deadline)
             self._poll_reports(0.0)
         if any(s.alive() for s in self._stages):
-            c.ctrl[CTRL_FORCE] = 1
+            c.ctrl[CTRL_FORCE] = 1                  # stages exit at their next poll (50 ms)
+            forced = time.monotonic() + 0.3
             for s in self._stages:
-                s.join(time.monotonic() + 0.3)
+                s.join(forced)
+            for s in self._stages:                  # SIGTERM, then SIGKILL
+                for p in s.alive():
+                    p.terminate()
+            killed = time.monotonic() + 0.2
             for s in self._stages:
-                s.kill(grace=0.2)
+                s.join(killed)
+            for s in self._stages:
+                s.kill(grace=0.0)
         self._poll_reports(0.0)
         col = self._collector
         if col is not None:
@@ -396,7 +408,7 @@ class AcquisitionPipeline:
             if col.ctx is not None and not col.is_alive():
                 col.ctx.term()
         if self._pub is not None:
-            self._pub.close(linger=0)
+            self._pub.close(linger=PUB_LINGER_MS)    # let connected viewers get the tail
             self._pub_ctx.term()
             self._pub, self._pub_ctx = None, None
         for s in self._stages:

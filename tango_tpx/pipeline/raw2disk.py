@@ -69,8 +69,9 @@ class Raw2Disk:
         self.recording = False
         self.path = ""
 
-    def put(self, chunk: np.ndarray) -> None:
-        """Hand over one chunk (only while recording). Never blocks."""
+    def put(self, chunk: np.ndarray, owner=None) -> None:
+        """Hand over one chunk (only while recording). Never blocks. ``owner.written()`` is
+        called once the chunk's memory is no longer needed."""
         n = chunk.nbytes
         with self._lock:
             if self._pending + n > self._max_pending:
@@ -81,8 +82,10 @@ class Raw2Disk:
         if over:
             self._counters.add("record_dropped_bytes", n)
             self._q.put(("overflow", n))
+            if owner is not None:
+                owner.written()
             return
-        self._q.put(("data", chunk))
+        self._q.put(("data", (chunk, owner)))
 
     def stop(self, timeout: float = 3.0) -> bool:
         """Close any file and end the thread; True if it ended in time."""
@@ -99,21 +102,25 @@ class Raw2Disk:
         while True:
             kind, item = self._q.get()
             if kind == "data":
+                item, owner = item
                 n = item.nbytes
                 with self._lock:
                     self._pending -= n
                 if writer is None or failed:
                     if failed:
                         self._counters.add("record_dropped_bytes", n)
-                    continue
-                try:
-                    writer.write(item)
-                    self._counters.add("recorded_bytes", n)
-                except OSError as exc:
-                    failed = True
-                    self._counters.add("record_dropped_bytes", n)
-                    self._fault(writer, exc)
-                    writer = self._safe_close(writer)
+                else:
+                    try:
+                        writer.write(item)
+                        self._counters.add("recorded_bytes", n)
+                    except OSError as exc:
+                        failed = True
+                        self._counters.add("record_dropped_bytes", n)
+                        self._fault(writer, exc)
+                        writer = self._safe_close(writer)
+                del item
+                if owner is not None:
+                    owner.written()
             elif kind == "open":
                 writer, failed, overflow_reported = item, False, False
             elif kind == "overflow":

@@ -33,8 +33,8 @@ from tango_tpx.processing.clustering import (
     DEFAULT_TIME_WINDOW_NS,
     _check_coords,
     _check_params,
+    check_times,
     _frame_size,
-    new_pixel_map,
     renumber_first_appearance,
     sort_order,
     union_pass,
@@ -98,17 +98,18 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
     the ToT sums are never zero.
     """
     k = n_clusters
-    t0 = np.zeros(k, np.int64)
-    tr = np.zeros(k, np.int64)
+    t0 = np.empty(k, np.int64)
+    tr = np.empty(k, np.int64)
     sx = np.zeros(k, np.int64)
     sy = np.zeros(k, np.int64)
     st = np.zeros(k, np.int64)
     tsum = np.zeros(k, np.int64)
     tmax = np.zeros(k, np.int64)
     size = np.zeros(k, np.int64)
+    first = np.ones(k, np.bool_)
     n_seen = 0
     for i in range(ids.size):
-        p = ids[i]
+        p = np.int64(ids[i])
         if p < 0:
             continue
         if from_parent:
@@ -119,21 +120,22 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
             else:
                 r = p
                 while ids[r] >= 0:
-                    r = ids[r]
-                c = -2 - ids[r]
+                    r = np.int64(ids[r])
+                c = -2 - np.int64(ids[r])
                 ids[i] = r
         else:
             c = p
-        w = np.int64(tot[i])
-        if size[c] == 0:
-            t0[c] = t[i]
+        ti = t[i]
+        if first[c]:
+            first[c] = False
+            t0[c] = ti
             tr[c] = trig[i]
+        w = np.int64(tot[i])
         sx[c] += np.int64(x[i]) * w
         sy[c] += np.int64(y[i]) * w
-        st[c] += (t[i] - t0[c]) * w
+        st[c] += (ti - t0[c]) * w
         tsum[c] += w
-        if w > tmax[c]:
-            tmax[c] = w
+        tmax[c] = max(tmax[c], w)
         size[c] += 1
 
     m = 0
@@ -227,6 +229,7 @@ def _event_arrays(events) -> tuple[np.ndarray, ...]:
     if tot.size and int(tot.min()) < 0:
         raise ValueError("events field tot must be >= 0 (ToT counts)")
     _check_coords(x, y)
+    check_times(tof)
     return (trig.astype(np.int64, copy=False), x, y, tof.astype(np.int64, copy=False), tot)
 
 
@@ -249,8 +252,8 @@ def _tw_units(lut) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 def _fast_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, radius, window,
                  tw_units) -> Centroids:
-    last = new_pixel_map(_frame_size(x), _frame_size(y), radius, tof.size)
-    parent, ncl = union_pass(trig, x, y, tof, tot, int(tot_threshold), radius, window, last)
+    parent, ncl = union_pass(trig, x, y, tof, tot, int(tot_threshold), radius, window,
+                             _frame_size(x), _frame_size(y))
     return _sorted_centroids(_accumulate(parent, True, ncl, trig, x, y, tof, tot,
                                          int(min_cluster_size), tw_units))
 
@@ -396,8 +399,10 @@ class CentroidCalculator:
 
     cent_timewalk_lut: centroid time-walk table (ns per ToT bin, see :mod:`.timewalk`; pymepix's
     is scaled by 1e3, ours is not). number_of_processes: > 1 splits the events at trigger
-    boundaries over a process pool (``mp_context``, default ``'forkserver'`` where available,
-    else ``'spawn'``); the output is identical for any number. clustering_args: pymepix keys
+    boundaries over a persistent process pool (``mp_context``, default ``'spawn'``: safe in
+    any parent, no server process left behind) and concatenates the parts in order; the
+    output is identical for any number. Batches below ``min_hits_per_process`` hits per
+    process run in the caller. clustering_args: pymepix keys
     ``epsilon``, ``min_samples``, ``tot_threshold``, ``triggers_processed`` (process every n-th
     trigger of a batch), ``cs_min_cluster_size``, ``cs_max_dist_tof`` (s, the fast window),
     ``chunk_size_limit``; and ours ``radius``, ``time_window_ns``, ``min_cluster_size``
@@ -436,9 +441,7 @@ class CentroidCalculator:
         self.dbscan_clustering = bool(dbscan_clustering)
         self.cent_timewalk_lut = cent_timewalk_lut
         self.min_hits_per_process = int(min_hits_per_process)
-        if mp_context is None:
-            mp_context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        self._mp_context = mp_context
+        self._mp_context = mp_context or "spawn"
         self._pool: ProcessPoolExecutor | None = None
         self._pool_size = 0
         self.number_of_processes = number_of_processes

@@ -5,14 +5,15 @@ pixels are within ``radius`` in x and in y (``radius=1``: the 8-neighbourhood pl
 itself) and their times differ by at most ``time_window``. A cluster is a connected
 component of that graph (transitive: a chain of hits each within the window of the next).
 
-Algorithm (O(n), one pass): hits are visited in (trigger_nr, time) order. A map
-``last[y, x]`` holds the index of the latest hit seen at each pixel. For hit ``i`` the
-``(2r+1)^2`` neighbouring map cells give, per pixel, the latest earlier hit ``j``; it is
-connected to ``i`` when it lies in the current trigger's run and ``t[i] - t[j] <= window``.
-Only the latest hit per pixel needs checking: if it is outside the window so are all earlier
-ones at that pixel, and earlier ones inside the window are already connected to it (same
-pixel). Components are merged with union-find (path halving, the earliest hit is the root),
-so labels come out numbered in order of each cluster's first hit.
+Algorithm (O(n), one pass): hits are visited in (trigger_nr, time) order. Flat maps over
+the pixel matrix hold, per pixel, the time of its latest hit and that hit's cluster. For hit
+``i`` the ``(2r+1)^2`` neighbouring cells are read; a cell qualifies when its latest hit is
+of the same trigger and within ``time_window`` (one comparison: times are turned into keys
+that grow monotonically over the input and jump by more than the window at each new
+trigger). Only the latest hit per pixel needs checking: if it is outside the window so are
+all earlier ones at that pixel, and earlier ones inside the window are already connected to
+it (same pixel). Components are kept with union-find (the earliest hit is the root, path
+halving), so labels come out numbered in order of each cluster's first hit.
 
 Input order: the stream is only locally out of order, so sorting first checks whether the
 hits are already in (trigger_nr, time) order (the normal case for events from the
@@ -41,12 +42,28 @@ DEFAULT_RADIUS: int = 1
 #: Default smallest cluster kept by the fast algorithm (pymepix's cs_min_cluster_size).
 DEFAULT_MIN_CLUSTER_SIZE: int = 3
 #: Largest pixel coordinate accepted (the per-pixel map is sized by the largest x and y).
-MAX_COORD: int = 4095
+MAX_COORD: int = 2047
+#: Largest |time| accepted, fine units (2^61 units = 162 days; a 48-bit ToA is below 2^60).
+MAX_ABS_TIME: int = 1 << 61
 
 
 # ----------------------------------------------------------------------------------------
 # ordering
 # ----------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True)
+def _time_range_ok(t: np.ndarray) -> bool:
+    for i in range(t.size):
+        if t[i] > MAX_ABS_TIME or t[i] < -MAX_ABS_TIME:
+            return False
+    return True
+
+
+def check_times(t: np.ndarray) -> None:
+    """ValueError for times beyond +-2^61 fine units (keeps the key arithmetic exact)."""
+    if t.size and not _time_range_ok(t):
+        raise ValueError(f"times must lie within +-2^61 fine units (25/4096 ns), got {t.min()}..{t.max()}")
+
+
 @numba.njit(cache=True, nogil=True)
 def _is_sorted(trig: np.ndarray, t: np.ndarray) -> bool:
     """True when (trig, t) is lexicographically non-decreasing."""
@@ -122,55 +139,99 @@ def _find(parent: np.ndarray, i: int) -> int:
     return i
 
 
-def new_pixel_map(width: int, height: int, radius: int, n_hits: int) -> np.ndarray:
-    """Scratch "latest hit per pixel" map for :func:`union_pass`, padded by ``radius`` on
-    every side (no bounds checks in the hot loop); int32 when the hit indices fit."""
-    dtype = np.int32 if n_hits < 2**31 - 1 else np.int64
-    return np.empty((height + 2 * radius, width + 2 * radius), dtype)
+_NO_HIT = -(1 << 62)  # "time key" of a pixel without a recent hit
+
+
+def union_pass(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray, tot: np.ndarray,
+               tot_threshold: int, radius: int, window: int, width: int, height: int):
+    """Union-find pass over hits sorted by (trig, t); see :func:`_union_pass`.
+
+    Returns (parent, n_clusters); parent is int32 when the hit indices fit (less memory
+    traffic), else int64.
+    """
+    parent = np.empty(t.size, np.int32 if t.size < 2**31 - 1 else np.int64)
+    n_roots = _union_pass(trig, x, y, t, tot, int(tot_threshold), int(radius), int(window),
+                          int(width), int(height), parent)
+    return parent, n_roots
 
 
 @numba.njit(cache=True, nogil=True)
-def union_pass(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray, tot: np.ndarray,
-               tot_threshold: int, radius: int, window: int, last: np.ndarray):
-    """Union-find pass over hits sorted by (trig, t).
+def _union_pass(trig, x, y, t, tot, tot_threshold, radius, window, width, height, parent):
+    """Union-find pass over hits sorted by (trig, t), filling ``parent``.
 
-    Returns (parent int64, n_clusters): ``parent[i]`` is -1 for hits left out
-    (``tot <= tot_threshold``, ToT counts), otherwise a union-find forest whose roots are the
-    earliest hit of each cluster. ``window`` is in fine units (25/4096 ns), ``radius`` in
-    pixels; ``last`` is a map from :func:`new_pixel_map` (overwritten).
+    Returns n_clusters; ``parent[i]`` is -1 for hits left out
+    (``tot <= tot_threshold``, ToT counts), otherwise a forest in which every parent is an
+    earlier hit and each cluster's root is its first hit. ``window`` in fine units
+    (25/4096 ns), ``radius`` in pixels, x < width, y < height.
+
+    Two flat maps over the (padded) pixel matrix hold, per pixel, the time key and the
+    cluster root of its latest hit. The time key is ``t`` made monotone over the whole
+    input: each trigger's keys start ``window + 1`` after the previous trigger's last key, so
+    one comparison ``key >= key_i - window`` means "same trigger and within the window"
+    and no hit array is touched for neighbours that do not qualify. A hit joins the root
+    stored at its neighbours (usually still a root: no pointer chasing) and merges roots
+    when it bridges two clusters.
     """
     n = t.size
-    parent = np.empty(n, np.int64)
-    last[:, :] = -1
     span = 2 * radius + 1
-    seg_start = 0
+    pw = width + 2 * radius
+    keys = np.full((height + 2 * radius) * pw, _NO_HIT, np.int64)
+    roots = np.zeros((height + 2 * radius) * pw, parent.dtype)
+    offs = np.empty(span * span, np.int64)
+    q = 0
+    for dy in range(span):
+        for dx in range(span):
+            offs[q] = dy * pw + dx
+            q += 1
+    centre = radius * pw + radius
     n_roots = 0
+    base = np.int64(0)  # key = base + t within the current trigger
+    if n > 0:
+        base = -t[0]
+    prev_key = np.int64(0)
     for i in range(n):
+        ti = t[i]
         if i > 0 and trig[i] != trig[i - 1]:
-            seg_start = i
+            base = prev_key + window + 1 - ti
+        k = base + ti
+        prev_key = k
+        if k > (1 << 61):
+            # keep keys far from overflow: shift every key down, forget expired ones
+            shift = k - window - 1
+            for a in range(keys.size):
+                keys[a] = keys[a] - shift if keys[a] > k - window - 1 else _NO_HIT
+            base -= shift
+            k -= shift
+            prev_key = k
         if tot[i] <= tot_threshold:
             parent[i] = -1
             continue
-        parent[i] = i
-        n_roots += 1
-        root = i
-        xi = np.int64(x[i])
-        yi = np.int64(y[i])
-        ti = t[i]
-        for dy in range(span):
-            for dx in range(span):
-                j = np.int64(last[yi + dy, xi + dx])
-                if j >= seg_start and ti - t[j] <= window:
-                    rj = _find(parent, j)
-                    if rj != root:
+        lim = k - window
+        p0 = np.int64(y[i]) * pw + np.int64(x[i])
+        root = np.int64(i)
+        for q in range(offs.size):
+            a = p0 + offs[q]
+            if keys[a] >= lim:
+                r = np.int64(roots[a])
+                while parent[r] != r:  # path halving; usually r is still a root
+                    parent[r] = parent[parent[r]]
+                    r = parent[r]
+                if r != root:
+                    if root == i:  # first neighbour: join its cluster
+                        root = r
+                    elif r < root:  # bridge: the earlier root absorbs the later one
+                        parent[root] = r
+                        root = r
                         n_roots -= 1
-                        if rj < root:
-                            parent[root] = rj
-                            root = rj
-                        else:
-                            parent[rj] = root
-        last[yi + radius, xi + radius] = i
-    return parent, n_roots
+                    else:
+                        parent[r] = root
+                        n_roots -= 1
+        parent[i] = root
+        if root == i:
+            n_roots += 1
+        keys[p0 + centre] = k
+        roots[p0 + centre] = root
+    return n_roots
 
 
 @numba.njit(cache=True, nogil=True)
@@ -201,8 +262,7 @@ def label_sorted(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray, 
     in fine units (25/4096 ns), ``radius`` in pixels; x < width, y < height.
     Returns (labels int64, n_clusters); labels are 0.. in order of each cluster's first hit.
     """
-    last = new_pixel_map(width, height, radius, t.size)
-    parent, _ = union_pass(trig, x, y, t, tot, tot_threshold, radius, window, last)
+    parent, _ = union_pass(trig, x, y, t, tot, tot_threshold, radius, window, width, height)
     return labels_from_parent(parent)
 
 
@@ -290,6 +350,7 @@ def cluster_hits(trigger_nr: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.nda
     if n == 0:
         return np.empty(0, np.int64)
     _check_coords(x, y)
+    check_times(t)
     order = sort_order(trigger_nr, t)
     if order is not None:
         trigger_nr, x, y, t, tot = trigger_nr[order], x[order], y[order], t[order], tot[order]
@@ -308,8 +369,8 @@ def _check_params(radius, time_window_ns, tot_threshold, min_cluster_size) -> tu
     """Validate clustering parameters; returns (radius px, window in fine units)."""
     if int(radius) != radius or radius < 0:
         raise ValueError(f"radius must be a non-negative integer number of pixels, got {radius!r}")
-    if not np.isfinite(time_window_ns) or time_window_ns < 0:
-        raise ValueError(f"time_window_ns must be a finite number >= 0 ns, got {time_window_ns!r}")
+    if not np.isfinite(time_window_ns) or not 0 <= time_window_ns <= 1e10:
+        raise ValueError(f"time_window_ns must be a number in 0..1e10 ns, got {time_window_ns!r}")
     if int(tot_threshold) != tot_threshold or tot_threshold < 0:
         raise ValueError(f"tot_threshold must be an integer >= 0 (ToT counts), got {tot_threshold!r}")
     if int(min_cluster_size) != min_cluster_size or min_cluster_size < 1:

@@ -10,7 +10,8 @@ Physics model (all seeded from ``SimConfig.seed``):
   ions from the time-of-flight peaks ``tof_peaks_ns`` (centre, sigma, weight), imaged as
   rings (or uniformly). A particle is a cluster of 1..N pixels nearest to its sub-pixel
   centre, ToT falling from the centre (Gaussian profile), a few ns of time jitter and a
-  time walk (low-ToT pixels later: ``timewalk_ns / ToT``).
+  time walk (low-ToT pixels later: ``timewalk_ns / ToT``). Per-particle draws use a
+  splitmix64 generator inside the numba kernel, seeded from ``seed``.
 * Clusters never overlap: a cluster (dilated by one pixel) is placed only where every
   pixel is idle, i.e. past the previous hit's ToT dead time plus ``min_separation_ns``; a
   rejected position is re-drawn, a particle that finds no room is dropped and counted
@@ -35,7 +36,7 @@ import math
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -43,7 +44,7 @@ import numba
 import numpy as np
 
 from ..tpx3 import encode as enc
-from ..tpx3.files import RawFileWriter, Tpx3FileWriter, frame_to_quad, frame_tpx3, quad_to_frame
+from ..tpx3.files import RawFileWriter, Tpx3FileWriter, frame_tpx3, quad_to_frame
 from ..tpx3.hits import PixelHits, Triggers, _SoA
 from ..tpx3.units import FINE_PER_TICK, UNIT_NS
 
@@ -64,12 +65,22 @@ class SimConfig:
     noise_fraction: share of noise hits; tof_peaks_ns: ion peaks (centre ns, sigma ns, weight);
     electron_fraction / electron_tof_ns (centre, sigma): electrons; cluster sizes in pixels
     (inclusive ranges); tot_peak_counts: range of the centre pixel's ToT (25 ns counts);
-    cluster_sigma_px: width of the ToT profile; time_jitter_ns: per-pixel Gaussian jitter;
+    cluster_sigma_px: width of the ToT profile; time_jitter_ns: per-pixel jitter (sigma;
+    the spreads are near-Gaussian, Irwin-Hall, cut at 3.5 sigma);
     timewalk_ns: extra delay of a ToT = 1 pixel (ToT = n: timewalk_ns / n);
     min_separation_ns: time after a pixel's dead time before another cluster may touch it;
+    image: 'rings' (one ring per ion peak, a blob of electrons) or 'uniform';
     start_time_s: detector time of the start (26.5 puts the 30-bit rollover 0.34 s in);
-    payload_bytes: UDP datagram / .tpx3 chunk size; readout_block_us: hardware readout
-    grouping; block_ms: size of the blocks :meth:`SpidrSimulator.iter_blocks` yields.
+    payload_bytes: UDP datagram / .tpx3 chunk size (header included);
+    trigger_pulse_ns: TDC1/TDC2 falling edge after the rising one (at most half a period);
+    falling_edges: emit falling edges; first_trigger_counter: counter of the first edge;
+    tdc2_delay_ns: TDC2 rising edge after TDC1's; control_words: 0x71 words after each
+    global-time word; readout_block_us: hardware readout grouping; block_ms: detector time
+    per block that :meth:`SpidrSimulator.iter_blocks` yields.
+
+    Crowding: at a high rate per trigger (e.g. > ~10,000 hits per trigger on one chip) the
+    clusters no longer fit without touching; the surplus particles are dropped and counted
+    (``SpidrSimulator.stats['dropped_particles']``): raise ``trigger_hz`` for such rates.
     """
 
     rate_mhits: float = 1.0
@@ -133,6 +144,8 @@ class SimConfig:
             raise ValueError("readout_block_us must be in (0, 20000]")
         if not self.block_ms * 1e3 >= self.readout_block_us:
             raise ValueError("block_ms must be at least one readout block")
+        if self.trigger_hz > 10e6:
+            raise ValueError("trigger_hz above 10 MHz is not supported")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -149,7 +162,8 @@ class SimConfig:
 
 @dataclass
 class Particles(_SoA):
-    """Ground truth per particle (cluster), in generation (trigger, time) order.
+    """Ground truth per particle (cluster), in generation order: by trigger, within a trigger
+    electrons first, then the ion peaks in order of time of flight.
 
     trigger_nr: int64 global 0-based TDC1 trigger index; x, y: float64 ToT-weighted centroid
     of its pixels (pixels; quad frame for a quad); tof: int64 ToT-weighted mean of the pixel
@@ -279,11 +293,12 @@ _EXP_STEP = 256
 _EXP = np.exp(-0.5 * np.arange(64 * _EXP_STEP + 1) / _EXP_STEP)
 
 
-# rows of the hit table H (int64, shape (N_ROWS, n)): chip-local x, y, chip, toa (fine units,
-# pixel-representable), ToT (counts), frame x, y (= local for a single chip), global trigger
-# number and global particle number (-1 for noise)
-R_X, R_Y, R_CHIP, R_TOA, R_TOT, R_XF, R_YF, R_TRIG, R_PART = range(9)
-N_ROWS = 9
+# rows of the hit table H (int64, shape (N_ROWS, n)): toa (fine units, pixel-representable);
+# PACK = chip-local x | y << 8 | ToT << 16 | chip << 26 (all the words need); for the truth
+# only: frame x, y (= local x, y for a single chip), global trigger number and global
+# particle number (-1 for noise)
+R_TOA, R_PACK, R_XF, R_YF, R_TRIG, R_PART = range(6)
+N_ROWS = 6
 
 
 @numba.njit(cache=True, inline="always")
@@ -333,7 +348,8 @@ def _gen_particles(state, trig_t, trig_k, n_per, e_frac, e_tof_u, e_sig_u, e_lo,
     """Generate the particles of the given triggers and place them as non-overlapping clusters.
 
     Per trigger (time trig_t, global number trig_k, n_per particles): species, time of flight,
-    size, centre ToT; then in time order each particle takes the first candidate position
+    size, centre ToT; then species by species (electrons first, then the ion peaks by time of
+    flight) each particle takes the first candidate position
     (ring, then uniform; up to max_tries each) whose footprint and 8 neighbours are idle in
     ``busy`` (int64 [x, y], fine units; updated with dead time + sep_u). Hits go to H columns
     h0.. (rows R_*; with full=False only the rows the words need), accepted particles are
@@ -359,6 +375,14 @@ def _gen_particles(state, trig_t, trig_k, n_per, e_frac, e_tof_u, e_sig_u, e_lo,
     tmp_sp = np.empty(maxn, np.int64)
     tmp_n = np.empty(maxn, np.int64)
     tmp_pk = np.empty(maxn, np.float64)
+    srt = np.empty(maxn, np.int64)
+    cnt = np.zeros(n_pk + 2, np.int64)
+    # rank of each species (index sp + 1, electrons sp = -1 first) by mean time of flight
+    pk_rank = np.empty(n_pk + 1, np.int64)
+    pk_rank[0] = 0
+    po = np.argsort(pk_tof_u)
+    for r in range(n_pk):
+        pk_rank[po[r] + 1] = r + 1
     pi = 0
     for k in range(n_per.shape[0]):
         m = n_per[k]
@@ -378,7 +402,17 @@ def _gen_particles(state, trig_t, trig_k, n_per, e_frac, e_tof_u, e_sig_u, e_lo,
             tmp_sp[j] = sp
             tmp_n[j] = n
             tmp_pk[j] = tot_lo + (tot_hi - tot_lo) * _rand(state)
-        srt = np.argsort(tmp_t[:m], kind="mergesort")
+        # process in species order (electrons, then the peaks by time of flight): the time
+        # order that matters for the dead-time check, without a sort
+        cnt.fill(0)
+        for j in range(m):
+            cnt[pk_rank[tmp_sp[j] + 1] + 1] += 1
+        for r in range(n_pk + 1):
+            cnt[r + 1] += cnt[r]
+        for j in range(m):
+            r = pk_rank[tmp_sp[j] + 1]
+            srt[cnt[r]] = j
+            cnt[r] += 1
         for jj in range(m):
             j = srt[jj]
             t = tmp_t[j]
@@ -455,11 +489,8 @@ def _gen_particles(state, trig_t, trig_k, n_per, e_frac, e_tof_u, e_sig_u, e_lo,
                         toa = min_toa
                     toa -= toa & 255  # pixel-representable (1.5625 ns steps)
                     lx, ly, lc = _frame_to_local(px, py, quad)
-                    H[R_X, nh] = lx
-                    H[R_Y, nh] = ly
-                    H[R_CHIP, nh] = lc
                     H[R_TOA, nh] = toa
-                    H[R_TOT, nh] = tot
+                    H[R_PACK, nh] = lx | (ly << 8) | (tot << 16) | (lc << 26)
                     if full:
                         H[R_XF, nh] = px
                         H[R_YF, nh] = py
@@ -486,21 +517,25 @@ def _emit(H, n, limit, c0, block_u, n_chips, want_perm):
     key = ((group << 32 | offset in block) << 1) | 1.
     """
     toa_row = H[R_TOA]
-    xr = H[R_X]
-    yr = H[R_Y]
-    cr = H[R_CHIP]
-    tr = H[R_TOT]
+    pr = H[R_PACK]
     bucket = np.empty(n, np.int64)
     ne = 0
     maxb = -1
+    inv_b = 1.0 / block_u
     for i in range(n):
         t = toa_row[i]
         if t < limit:
             ne += 1
-            lb = (t - c0) // block_u
-            if lb < 0:
-                lb = 0
-            b = (lb * n_chips + cr[i]) * 128 + (xr[i] >> 1)
+            dt = t - c0
+            lb = 0
+            if dt > 0:  # dt // block_u without an integer division
+                lb = int(dt * inv_b)
+                if lb * block_u > dt:
+                    lb -= 1
+                elif (lb + 1) * block_u <= dt:
+                    lb += 1
+            pk = pr[i]
+            b = (lb * n_chips + (pk >> 26)) * 128 + ((pk & 0xFF) >> 1)
             bucket[i] = b
             if b > maxb:
                 maxb = b
@@ -530,7 +565,7 @@ def _emit(H, n, limit, c0, block_u, n_chips, want_perm):
             if want_perm:
                 perm[o] = i
             srt[o, 0] = toa_row[i]
-            srt[o, 1] = xr[i] | (yr[i] << 8) | (tr[i] << 16) | (cr[i] << 26)
+            srt[o, 1] = pr[i]
     # insertion sort by time within each bucket (buckets are small, mostly in order already)
     for b in range(nb):
         lo = start[b]
@@ -558,8 +593,9 @@ def _emit(H, n, limit, c0, block_u, n_chips, want_perm):
         g0 = start[grp * 128]
         g1 = start[grp * 128 + 128]
         cnt = g1 - g0
+        step = block_u / cnt if cnt else 0.0
         for r in range(cnt):
-            k = ((2 * r + 1) * block_u) // (2 * cnt)
+            k = min(int((r + 0.5) * step), block_u - 1)  # evenly spread, increasing in r
             keys[g0 + r] = (((grp << 32) | k) << 1) | 1
     # words (the encoder's bit layout, see tango_tpx.tpx3.encode.encode_pixels)
     words = np.empty(ne, np.uint64)
@@ -691,7 +727,7 @@ class SpidrSimulator:
         i_lo, i_hi = c.ion_cluster_size
         kstate = np.array([rng.integers(0, 2**63)], np.uint64)  # the kernel's RNG state
         ring_w = np.full(len(peaks), 0.04 * S)
-        e_ring_r, e_ring_w = 0.0, 0.15 * S
+        e_ring_w = 0.15 * S  # electrons: a blob around the centre
 
         pend = np.zeros((N_ROWS, 0), np.int64)  # hits generated, not emitted yet
         hbuf = np.empty((N_ROWS, 0), np.int64)
@@ -703,11 +739,9 @@ class SpidrSimulator:
         trig_counter = {1: c.first_trigger_counter, 2: c.first_trigger_counter}
         step = 2 if c.falling_edges else 1
         k_next = 0  # next TDC1 trigger index
-        j2_next = 0  # next TDC2 edge index
         hb_next = 0  # next global-time pair index
 
         c0 = start_u
-        chunk_i = 0
         while c0 < end_u:
             c1 = min(c0 + chunk_u, end_u)
             final = c1 >= end_u
@@ -717,11 +751,10 @@ class SpidrSimulator:
             trig_t = np.zeros(0, np.int64)
             trig_k = np.zeros(0, np.int64)
             if has_trig:
-                k_hi = k_next
+                # first k with first_u + round(k * period) >= c1
+                k_hi = max(k_next, int(math.ceil((c1 - first_u) / period_u)) - 1)
                 while first_u + int(round(k_hi * period_u)) < c1:
                     k_hi += 1
-                    if k_hi - k_next > 10_000_000:
-                        raise ValueError("trigger_hz too high for the simulator")
                 trig_k = np.arange(k_next, k_hi, dtype=np.int64)
                 trig_t = enc.quantize_tdc_time(first_u + np.rint(trig_k * period_u).astype(np.int64))
                 k_next = k_hi
@@ -781,17 +814,18 @@ class SpidrSimulator:
             H[:, :n_pend] = pend
             q = slice(n_pend, n_pend + n_noise)
             if n_noise:
-                H[R_TOA, q] = np.maximum(enc.quantize_pixel_toa(rng.integers(lo, c1, n_noise)),
+                # time-sorted (cache-friendly readout sort); positions are independent of time
+                H[R_TOA, q] = np.maximum(enc.quantize_pixel_toa(np.sort(rng.integers(lo, c1, n_noise))),
                                          enc.quantize_pixel_toa(lo + 255))
-                H[R_CHIP, q] = rng.integers(0, nchips, n_noise) if nchips > 1 else 0
-                H[R_X, q] = rng.integers(0, 256, n_noise)
-                H[R_Y, q] = rng.integers(0, 256, n_noise)
-                H[R_TOT, q] = rng.integers(1, 21, n_noise)
+                nch = rng.integers(0, nchips, n_noise) if nchips > 1 else np.zeros(n_noise, np.int64)
+                nx = rng.integers(0, 256, n_noise)
+                ny = rng.integers(0, 256, n_noise)
+                H[R_PACK, q] = nx | (ny << 8) | (rng.integers(1, 21, n_noise) << 16) | (nch << 26)
                 if c.quad:
-                    H[R_XF, q], H[R_YF, q] = quad_to_frame(H[R_X, q], H[R_Y, q], H[R_CHIP, q])
+                    H[R_XF, q], H[R_YF, q] = quad_to_frame(nx, ny, nch)
                 else:
-                    H[R_XF, q] = H[R_X, q]
-                    H[R_YF, q] = H[R_Y, q]
+                    H[R_XF, q] = nx
+                    H[R_YF, q] = ny
                 H[R_TRIG, q] = -1
                 H[R_PART, q] = -1
 
@@ -847,7 +881,7 @@ class SpidrSimulator:
             if with_truth:
                 he = H[:, perm]
                 hits = PixelHits(he[R_XF].astype(np.uint16), he[R_YF].astype(np.uint16), he[R_TOA],
-                                 he[R_TOT].astype(np.uint16), he[R_CHIP].astype(np.uint8))
+                                 ((he[R_PACK] >> 16) & 0x3FF).astype(np.uint16), (he[R_PACK] >> 26).astype(np.uint8))
                 trigs = Triggers(o_ch[trig_order].astype(np.uint8), o_rise[trig_order].astype(bool),
                                  o_time[trig_order], (o_cnt[trig_order] & 0xFFF).astype(np.uint16),
                                  np.zeros(len(trig_order), np.uint8))
@@ -855,7 +889,6 @@ class SpidrSimulator:
                               hb_ticks, (2 * len(hb_ticks) * nchips) if c.control_words else 0)
             yield words, truth
             c0 = c1
-            chunk_i += 1
 
     @staticmethod
     def _particle_table(Hp, base, acc, p_cx, p_cy, p_trig, p_tof, p_e, trig_k, trig_t) -> Particles:
@@ -863,7 +896,7 @@ class SpidrSimulator:
         (ToT-weighted pixel statistics; ``base``: global number of the first one)."""
         n_acc = int(acc.sum())
         part = Hp[R_PART] - base
-        tot = Hp[R_TOT]
+        tot = (Hp[R_PACK] >> 16) & 0x3FF
         w = tot.astype(np.float64)
         tsum = np.bincount(part, weights=w, minlength=n_acc)
         x = np.bincount(part, weights=w * Hp[R_XF], minlength=n_acc) / np.maximum(tsum, 1)
@@ -990,14 +1023,17 @@ class SpidrSimulator:
     def send_udp(self, host: str, port: int, payload_bytes: int | None = None,
                  as_fast_as_possible: bool = False, stop_event: threading.Event | None = None,
                  truth_path: str | Path | None = None) -> dict:
-        """Send the stream as UDP datagrams of whole words, paced to the detector time
-        (the configured hit rate) unless ``as_fast_as_possible``. Stops early when
-        ``stop_event`` is set. Returns counts: datagrams, bytes, hits, triggers, seconds, stopped."""
+        """Send the stream as UDP datagrams of whole words (quad: whole .tpx3 chunks), paced
+        to the detector time (so to the configured hit rate) unless ``as_fast_as_possible``.
+        Stops early (within a few ms) when ``stop_event`` is set. ``truth_path``: save the
+        truth (.npz) after a complete run. Returns counts: datagrams, bytes (sent), hits and
+        triggers (generated), seconds (wall), stopped (bool)."""
         pb = int(payload_bytes or self.config.payload_bytes)
         if pb < 8 or pb % 8:
             raise ValueError("payload_bytes must be a positive multiple of 8")
-        if self.config.quad and pb < 16:
-            raise ValueError("quad streams need payload_bytes >= 16")
+        if self.config.quad and pb < self.config.payload_bytes:
+            raise ValueError("a quad stream is framed in chunks of SimConfig.payload_bytes: "
+                             "payload_bytes cannot be smaller")
         c = self.config
         block_s = c.block_ms * 1e-3
         counts = dict(datagrams=0, bytes=0, hits=0, triggers=0, seconds=0.0, stopped=False)

@@ -33,15 +33,15 @@ from dataclasses import dataclass, fields
 import numba
 import numpy as np
 
+from .encode import TPX3_MAGIC
+from .files import quad_map
 from .hits import PixelHits, Triggers
 
 # ---- word layout -------------------------------------------------------------------------
-TPX3_MAGIC = 0x33585054  # b'TPX3' read as a little-endian uint32
 MASK30 = (1 << 30) - 1
 EPOCH = 1 << 30
 HALF_EPOCH = 1 << 29
 QUARTER_EPOCH = 1 << 28
-QUAD_SIZE = 516  # 2x2 chips of 256 pixels with 2-pixel gaps (as in tpx3HitParser)
 
 #: Index of every counter in the counts vector.  The first seven are exclusive categories:
 #: every word lands in exactly one of them.  The others are extra flags.
@@ -52,7 +52,7 @@ COUNT_NAMES = (
     "global_lsb",      # 0x44
     "global_msb",      # 0x45
     "chunk_headers",   # .tpx3 chunk headers (framing='tpx3' only)
-    "other",           # control words (0x71..), unknown headers: counted and skipped
+    "other",           # control words (0x71..), unknown headers, quad pixels of a chip > 3
     "ambiguous_time",  # extended times more than a quarter epoch from the reference
     "framing_errors",  # data word where a .tpx3 chunk header was expected
 )
@@ -109,19 +109,6 @@ class Decoded:
     counts: WordCounts
     #: 48-bit global time (25 ns ticks) of the last 0x44/0x45 pair seen so far, -1 if none.
     longtime: int = -1
-
-
-# ---- scalar helpers (numba) ---------------------------------------------------------------
-@numba.njit(cache=True, inline="always")
-def quad_map(x: int, y: int, chip: int) -> tuple[int, int]:
-    """Chip-local pixel -> 516x516 quad frame (chips ``2 1 / 3 0``, 2-pixel gaps)."""
-    if chip == 0:
-        return x + 258, 255 - y + 258
-    if chip == 1:
-        return 255 - x + 258, y
-    if chip == 2:
-        return 255 - x, y
-    return x, 255 - y + 258
 
 
 @numba.njit(cache=True)
@@ -183,6 +170,9 @@ def _decode(words, tpx3, quad, st, counts,
             y = ((w >> 45) & 0xFC) | ((w >> 44) & 3)
             k = (((x >> 1) + 15) & 15) + 1  # double-column phase (x // 2) % 16, 0 -> 16
             if quad:
+                if chip > 3:  # corrupt chunk header: no such chip in a quad
+                    n_other += 1
+                    continue
                 x, y = quad_map(x, y, chip)
             px_x[np_] = x
             px_y[np_] = y

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,53 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its finished children."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def _rss_mib(pid: int | str = "self") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _RssSampler:
+    """Peak resident memory of this process and of its child processes, sampled every 0.1 s."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.main = self.worker = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.main = max(self.main, _rss_mib())
+            for task in Path("/proc/self/task").glob("*"):
+                try:
+                    kids = (task / "children").read_text().split()
+                except OSError:
+                    continue
+                for k in kids:
+                    self.worker = max(self.worker, _rss_mib(k))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> "_RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _convert(src: Path, out: Path, **kw) -> tuple[float, object]:
@@ -84,12 +132,25 @@ def main(argv: list[str] | None = None) -> dict:
         _convert(tiny, work / "tiny.h5", number_of_processes=1, dbscan=True)
 
         # -- 3. the whole file, fast clustering ----------------------------------------------------
-        t_full, r_full = _convert(src, out, number_of_processes=args.processes)
+        load0 = os.getloadavg()[0]
+        rss0 = _rss_mib()
+        cpu0 = _cpu_s()
+        with _RssSampler() as rss:
+            t_full, r_full = _convert(src, out, number_of_processes=args.processes)
+        cpu_full = _cpu_s() - cpu0
         mh_full = r_full.hits / t_full / 1e6
+        ns_per_hit = cpu_full / r_full.hits * 1e9
+        cores = min(args.processes, os.cpu_count() or 1)
+        mh_cpu_bound = r_full.hits / (cpu_full / cores) / 1e6
         h5_size = out.stat().st_size
         print(f"end to end, fast, {args.processes} processes: {r_full.hits / 1e6:.1f} M hits, "
               f"{r_full.centroids / 1e6:.2f} M centroids in {t_full:.1f} s = {mh_full:6.2f} Mhits/s "
               f"({size / t_full / 1e6:.0f} MB/s raw in, {h5_size / 1e6:.0f} MB HDF5 out)")
+        rss_main, rss_child = rss.main, rss.worker
+        print(f"  peak RSS during the conversion: main process {rss_main:.0f} MiB (was {rss0:.0f} MiB before), "
+              f"largest worker {rss_child:.0f} MiB, for a {size / 1e9:.2f} GB input")
+        print(f"  CPU {cpu_full:.1f} s = {ns_per_hit:.0f} ns/hit (all processes); on {cores} idle cores that is "
+              f"{mh_cpu_bound:.2f} Mhits/s (load average before the run: {load0:.2f} on {os.cpu_count()} cores)")
 
         # -- 4. slice: DBSCAN baseline vs fast -----------------------------------------------------
         t_db, r_db = _convert(piece, piece_db, number_of_processes=args.processes, dbscan=True)
@@ -107,7 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
         result = {
             "benchmark": "convert", "size_gb": round(size / 1e9, 3), "hits": r_full.hits,
             "centroids": r_full.centroids, "processes": args.processes, "cpu_count": os.cpu_count(),
-            "load_avg_1min": round(os.getloadavg()[0], 2),
+            "load_avg_before": round(load0, 2), "cpu_s": round(cpu_full, 1),
+            "cpu_ns_per_hit": round(ns_per_hit, 1), "peak_rss_main_mib": round(rss_main),
+            "rss_main_before_mib": round(rss0),
+            "peak_rss_worker_mib": round(rss_child), "mhits_per_s_cpu_bound": round(mh_cpu_bound, 2),
             "seconds": round(t_full, 2), "mhits_per_s": round(mh_full, 2),
             "mb_per_s_in": round(size / t_full / 1e6, 1), "h5_mb": round(h5_size / 1e6, 1),
             "slice_hits": r_db.hits, "dbscan_mhits_per_s": round(mh_db, 3),

@@ -6,6 +6,7 @@ format notes (shared/docs/tpx3-spidr-format.md), and against simulator ground tr
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -310,10 +311,23 @@ def test_same_output_for_1_and_2_processes(tmp_path):
     ra = convert_file(src, a, number_of_processes=1)
     rb = convert_file(src, b, number_of_processes=2, chunk_words=997, batch_hits=300)
     assert ra.centroids > 1000 and ra.centroids == rb.centroids and ra.events == rb.events
-    da, db = all_datasets(a), all_datasets(b)
+    # DBSCAN mode too (it clusters chunks of whole triggers: batching must not matter)
+    d1, d2 = tmp_path / "d1.h5", tmp_path / "d2.h5"
+    convert_file(src, d1, dbscan=True)
+    convert_file(src, d2, dbscan=True, number_of_processes=2, chunk_words=997, batch_hits=300)
+    x1, x2 = all_datasets(d1), all_datasets(d2)
+    assert len(x1["centroided/x"]) > 1000
     for path in H.DATASETS:
-        assert da[path].dtype == db[path].dtype, path
+        np.testing.assert_array_equal(x1[path], x2[path], err_msg=path)
+    # tiny shared-memory slots: most batches travel pickled instead (the fallback path)
+    c = tmp_path / "n3.h5"
+    rc = convert_file(src, c, number_of_processes=3, chunk_words=50, batch_hits=10)
+    assert rc.centroids == ra.centroids
+    da, db, dc = all_datasets(a), all_datasets(b), all_datasets(c)
+    for path in H.DATASETS:
+        assert da[path].dtype == db[path].dtype == dc[path].dtype, path
         np.testing.assert_array_equal(da[path], db[path], err_msg=path)
+        np.testing.assert_array_equal(da[path], dc[path], err_msg=path)
 
 
 def test_progress_callback_and_no_centroid(tmp_path):
@@ -632,3 +646,81 @@ def test_batcher_memory_stays_bounded_without_triggers_and_with_rare_triggers():
     assert b.stats["outside_window"] == 5000 - b.n
     batches = b.cut(final=True)
     assert len(batches) == 1 and len(batches[0].pixels) == 5000 - b.stats["outside_window"]
+
+
+@pytest.mark.timeout(60)
+def test_failing_worker_gives_clear_error_and_no_output(tmp_path, monkeypatch, capsys):
+    import tango_tpx.io.convert as conv
+
+    def boom(batch, state, out=None):
+        raise ValueError("boom in batch")
+
+    monkeypatch.setattr(conv, "_process_batch", boom)  # forked workers inherit the patch
+    src = write_raw(tmp_path / "s.raw", synth_words(6, 6, seed=12))
+    out = tmp_path / "o.h5"
+    with pytest.raises(RuntimeError, match="boom in batch"):
+        convert_file(src, out, number_of_processes=2)
+    assert not out.exists() and not partial_path(out).exists()
+    assert run_cli(src, "-o", out, "-n", "2") == 1
+    assert "boom in batch" in capsys.readouterr().err
+    assert not out.exists() and not partial_path(out).exists()
+    assert not multiprocessing.active_children()
+
+
+def test_single_chip_tpx3_equals_raw(tmp_path):
+    from tango_tpx.simulator import SimConfig, simulate
+
+    words, _ = simulate(SimConfig(rate_mhits=0.3, duration_s=0.02, seed=13, trigger_hz=1000.0))
+    raw_src = write_raw(tmp_path / "s.raw", words, header=False)
+    tpx3_src = tmp_path / "s.tpx3"
+    with Tpx3FileWriter(tpx3_src) as f:
+        f.write_chip(0, words, chunk_bytes=8192)
+    a, b = tmp_path / "raw.h5", tmp_path / "tpx3.h5"
+    ra, rb = convert_file(raw_src, a), convert_file(tpx3_src, b, number_of_processes=2)
+    assert ra.hits == rb.hits > 1000 and rb.word_counts["chunk_headers"] > 0
+    da, db = all_datasets(a), all_datasets(b)
+    for path in H.DATASETS:
+        np.testing.assert_array_equal(da[path], db[path], err_msg=path)
+    with h5py.File(b, "r") as f:
+        assert f.attrs["layout"] == "single" and f.attrs["source_kind"] == "tpx3"
+
+
+@pytest.mark.timeout(120)
+def test_threaded_caller_uses_a_safe_start_method(tmp_path):
+    """From a process with other threads the workers are not forked (pickled transport): same output."""
+    import tango_tpx.io.convert as conv
+
+    src = write_raw(tmp_path / "s.raw", synth_words(20, 10, seed=14))
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    convert_file(src, a)
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, daemon=True)
+    t.start()
+    try:
+        assert not conv._single_threaded()
+        convert_file(src, b, number_of_processes=2, chunk_words=500, batch_hits=200)
+    finally:
+        stop.set()
+        t.join()
+    da, db = all_datasets(a), all_datasets(b)
+    for path in H.DATASETS:
+        np.testing.assert_array_equal(da[path], db[path], err_msg=path)
+
+
+def test_single_threaded_caller_uses_shared_memory_slots(tmp_path, monkeypatch):
+    import tango_tpx.io.convert as conv
+
+    if not conv._single_threaded():
+        pytest.skip("this test process runs other threads: the fork/shared-memory path is not used")
+    sent = {"slot": 0, "obj": 0}
+    orig = conv._Slot.fits
+
+    def fits(self, n, batch):
+        ok = orig(self, n, batch)
+        sent["slot" if ok else "obj"] += 1
+        return ok
+
+    monkeypatch.setattr(conv._Slot, "fits", fits)
+    src = write_raw(tmp_path / "s.raw", synth_words(20, 10, seed=15))
+    r = convert_file(src, tmp_path / "o.h5", number_of_processes=2, chunk_words=500, batch_hits=200)
+    assert sent["slot"] >= 3 and sent["obj"] == 0 and r.centroids > 0

@@ -116,6 +116,9 @@ def test_triggers_and_timing(tmp_path):
         w.append_triggers(trig)
         w.append_trigger_table(table)
         w.append_train_ids(np.array([10**18], np.uint64), np.array([123456789]))
+        frames = np.array([(10**18 + 5, 7, 0xA5)],
+                          dtype=[("timestamp_ns", "<u8"), ("train_id", "<u8"), ("beam_mode", "<u4")])
+        w.append_train_ids(frames)
     t1 = read_table(p, "triggers/trigger1")["time"]
     t2 = read_table(p, "triggers/trigger2")["time"]
     np.testing.assert_allclose(t1, [25e-9, -1e-6, 1.0], rtol=1e-15)
@@ -127,7 +130,9 @@ def test_triggers_and_timing(tmp_path):
     np.testing.assert_allclose(tp["event trigger"], [164 * 25 / 4096 * 1e-9, 1.0 + 12.5e-9], rtol=1e-15)
     np.testing.assert_array_equal(tp["tdc counter"], [4095, 0])
     tid = read_table(p, "timing/trainID")
-    assert tid["timestamp"][0] == 10**18 and tid["train id"][0] == 123456789 and tid["beam mode"][0] == 0
+    np.testing.assert_array_equal(tid["timestamp"], np.array([10**18, 10**18 + 5], np.uint64))
+    np.testing.assert_array_equal(tid["train id"], [123456789, 7])
+    np.testing.assert_array_equal(tid["beam mode"], [0, 0xA5])
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 8, 1000])

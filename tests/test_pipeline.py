@@ -226,6 +226,9 @@ def test_controller_api_and_preview(sim):
         assert ctl.running
         c0 = ctl.counters()
         assert set(COUNTER_KEYS) <= set(c0) and c0["rcvbuf_bytes"] > 0
+        m0, h0, a0 = ctl.preview()                 # valid axis before any data: 10 us / 256 bins
+        assert m0.sum() == 0 and h0.sum() == 0
+        assert np.allclose(a0, (np.arange(256) + 0.5) * 10_000 / 256, atol=1e-3)
         send_datagrams(port, split(words.tobytes()))
         assert wait_for(lambda: ctl.counters()["hits"] == len(truth.hits), 30)
         time.sleep(0.3)                       # at least one preview period after the data
@@ -307,3 +310,28 @@ def test_kernel_drops_are_counted_exactly():
     c = pipe.counters.snapshot()
     assert c["kernel_drops"] > 0 and c["datagrams"] + c["kernel_drops"] == n
     assert c["bytes"] == 1024 * c["datagrams"]
+
+
+@pytest.mark.timeout(60)
+def test_longtime_anchor_from_argument_and_setter():
+    epoch = 1 << 30                                   # coarse ticks (25 ns) per 30-bit epoch
+    x = np.array([10, 11], np.int64)
+    y = np.array([20, 21], np.int64)
+    toa = np.array([1000, 1001], np.int64) << 12      # 30-bit coarse 1000, 1001
+    words = encode_pixels(x, y, toa, np.array([5, 6], np.int64)).astype(np.uint64)
+    port = free_udp_port()
+    q: queue.Queue = queue.Queue()
+    pipe = PixelPipeline(q, ("127.0.0.1", port), 5 * epoch + 900, flush_timeout=0.02)
+    pipe.start()
+    try:
+        send_datagrams(port, [words[:1].tobytes()])
+        assert wait_for(lambda: pipe.counters.get("hits") == 1, 10)
+        pipe.set_longtime(9 * epoch + 1200)           # e.g. read from the SPIDR timer
+        time.sleep(0.1)
+        send_datagrams(port, [words[1:].tobytes()])
+        assert wait_for(lambda: pipe.counters.get("hits") == 2, 10)
+    finally:
+        pipe.stop()
+    px = PixelHits.concat([d for t, d in drain(q) if t == MessageType.PixelData])
+    coarse = px.toa >> 12
+    assert coarse.tolist() == [5 * epoch + 1000, 9 * epoch + 1001]

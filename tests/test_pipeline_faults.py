@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tango_tpx.pipeline import raw2disk
-from tango_tpx.pipeline.acquisition import CentroidPipeline, PixelPipeline
+from tango_tpx.pipeline.acquisition import CentroidPipeline
 from tango_tpx.pipeline.controller import AcquisitionController
 from tango_tpx.pipeline.packetprocessor import PipelinePacketProcessor
 from tango_tpx.simulator import SimConfig, simulate

@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("input", help="input .raw or .tpx3 file")
     p.add_argument("-o", "--output", required=True, help="output .h5 file")
     p.add_argument("-n", "--number-of-processes", type=int, default=1, metavar="N",
-                   help="centroiding processes (output identical for any N; default 1)")
+                   help="worker processes for events + clustering (1: none; output identical for any N; default 1)")
     p.add_argument("--no-centroid", action="store_true", help="write raw events and triggers only")
     p.add_argument("--dbscan", action="store_true",
                    help="pymepix's DBSCAN clustering instead of the fast connected components")
@@ -150,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
             bar.end()
         print(f"tango-tpx convert: error: {exc}", file=err)
         return 1
-    except OSError as exc:  # disk full, unreadable input ...
+    except Exception as exc:  # disk full, unreadable input, a failed worker ...
         if bar:
             bar.end()
-        print(f"tango-tpx convert: error: {exc}", file=err)
+        print(f"tango-tpx convert: error: {type(exc).__name__}: {exc}", file=err)
         return 1
     if bar:
         bar.end()

@@ -2,32 +2,43 @@
 
 Data flow (one pass, streaming)::
 
-    iter_words (chunk_words) -> Decoder -> PacketProcessor -> events ---------> raw/*
-                                   |              |-> trigger table ----------> timing/timepix/*
-                                   |-> TDC edges -------------------------------> triggers/trigger{1,2}/time
-                                                  |-> batches of whole events -> centroid workers
-                                                                                  -> centroided/* (in order)
+    calling process                                         worker processes (N >= 2)
+    iter_words -> Decoder -+-> TDC edges ------------------> triggers/trigger{1,2}/time
+                           +-> PacketProcessor (triggers) -> timing/timepix/*
+                           +-> pixels -> _Batcher: trigger-aligned batches
+                                          --(shared memory)--> PacketProcessor (events)
+                                                               + CentroidCalculator
+                              raw/*, centroided/*  <--(shared memory, in order)--
 
-Decoding and event building are sequential (they carry state: time extension, open
-events) and run in the calling process; they are cheap. Clustering + centroids run on
-``number_of_processes`` worker processes (1 = in the calling process), on batches of whole
-events (about ``batch_hits`` hits, cut between triggers) whose boundaries depend only on
-the input and ``chunk_words``, never on the number of processes; results are written in
-submission order. So the output is identical for any ``number_of_processes``.
+Decoding is sequential (time extension state) and cheap; it runs in the calling process,
+which also numbers the triggers (a PacketProcessor fed only the TDC edges, so lost-trigger
+counting sees the whole stream) and cuts the pixel stream at trigger times into batches of
+whole events (at least ``batch_hits`` pixels, cut only once the reorder window has passed
+the cut, so no pixel of an earlier event can still arrive). Each batch is turned into
+events by a fresh :class:`~tango_tpx.processing.events.PacketProcessor` and into centroids
+by a ``CentroidCalculator``, on ``number_of_processes`` worker processes (1 = in the calling
+process); pixels go to the workers and ``raw/*`` columns come back through shared memory
+(anonymous mmap slots), results are written in submission order. Batch boundaries depend
+only on the input, ``chunk_words`` and ``batch_hits``, never on the number of processes, and
+an event never spans two batches: the output is identical for any ``number_of_processes``
+(and equal to one sequential PacketProcessor over the whole stream).
 
-Memory bound (independent of the file size): one chunk of words (``chunk_words`` x 8 B,
-16 MiB by default) and its decoded hits (~15 B per word), the hits held by the
-PacketProcessor (the open event, at most one trigger period or the event window, plus its
-5 ms reorder window), the pending batch (< 2 x ``batch_hits``), at most
-``2 x number_of_processes`` batches in flight (30 B per hit each, plus a pickled copy), and
-the HDF5 writer's chunk buffers (~5 MB). With the defaults and N = 2 that is about 0.5 GB
-plus the largest event.
+Memory bound (independent of the file size), with the defaults (``chunk_words`` = 512 Ki
+words, ``batch_hits`` = 256 Ki): calling process ~0.2 GB (one chunk of words and its decoded
+hits, the pending pixels: at least ``batch_hits``, one chunk, the 5 ms reorder window and
+the open event; HDF5 chunk buffers ~5 MB; the shared slots it fills, 2 N x (``batch_hits``
++ ``chunk_words``) x 39 B = 31 MB each); each worker ~0.25 GB (its two slots and one batch
+through the PacketProcessor and the clustering). Measured on a 1 GB file with N = 2: see
+``benchmarks/convert.py`` (peak RSS). Only an event larger than a batch (rare triggers with
+an unlimited window) makes it grow, by that event; with a finite window, pixels beyond the
+open event's window are dropped as they come.
 
 Safety: the output is written to ``OUTPUT.partial`` with the file attribute
 ``complete = False``; only after everything is written is ``complete`` set and the file
 renamed to ``OUTPUT`` (atomically, replacing an existing output only with ``force``).
 Ctrl-C / SIGTERM close the partial file as readable with ``complete = False`` (and
-``interrupted`` naming the reason); a SIGKILL leaves at most ``OUTPUT.partial``.
+``interrupted`` naming the reason); a SIGKILL leaves at most ``OUTPUT.partial``. Worker
+processes die with their parent (``PR_SET_PDEATHSIG`` plus a watchdog thread).
 """
 
 from __future__ import annotations
@@ -49,10 +60,10 @@ import numpy as np
 from tango_tpx.io.hdf5 import Hdf5Writer
 from tango_tpx.tpx3.files import FileInfo, inspect_file, iter_words
 
-#: Words read and decoded per step (8 MiB).
-DEFAULT_CHUNK_WORDS = 1 << 20
-#: Target hits per centroiding batch (batches are cut between triggers).
-DEFAULT_BATCH_HITS = 1 << 19
+#: Words read and decoded per step (4 MiB).
+DEFAULT_CHUNK_WORDS = 1 << 19
+#: Smallest batch (pixels) handed to a worker; batches are cut at trigger times.
+DEFAULT_BATCH_HITS = 1 << 18
 #: The converter keeps every hit after its trigger (pymepix's event_window, s).
 DEFAULT_EVENT_WINDOW = (0.0, math.inf)
 PARTIAL_SUFFIX = ".partial"
@@ -118,6 +129,17 @@ class _Batch:
     pixels: Any
     trig_time: np.ndarray
     first_nr: int
+    #: optional bool mask over ``pixels`` (the batch is ``pixels[select]``, taken lazily)
+    select: np.ndarray | None = None
+
+    def materialize(self) -> "_Batch":
+        if self.select is None:
+            return self
+        return _Batch(self.pixels.take(self.select), self.trig_time, self.first_nr)
+
+    @property
+    def n_pixels(self) -> int:
+        return len(self.pixels) if self.select is None else int(np.count_nonzero(self.select))
 
 
 @dataclass
@@ -130,10 +152,15 @@ class _BatchResult:
 _PIXEL_STATS = ("pixels_in", "events_pixels", "before_first_trigger", "outside_window", "late_pixels")
 
 
-def _process_batch(batch: _Batch, state: dict) -> _BatchResult:
-    """Events of one batch (a fresh PacketProcessor: the batch holds whole events) + centroids."""
+def _process_batch(batch: _Batch, state: dict, out: dict | None = None) -> _BatchResult:
+    """Events of one batch (a fresh PacketProcessor: the batch holds whole events) + centroids.
+
+    ``out``: arrays to write the ``raw/*`` columns into (a shared-memory slot), at least as
+    long as the batch; without it new arrays are returned.
+    """
     from tango_tpx.io.hdf5 import events_columns
-    from tango_tpx.processing.events import Events, PacketProcessor
+    from tango_tpx.processing.centroids import Centroids
+    from tango_tpx.processing.events import PacketProcessor
     from tango_tpx.tpx3.codec import Decoded, WordCounts
     from tango_tpx.tpx3.hits import Triggers
 
@@ -141,14 +168,40 @@ def _process_batch(batch: _Batch, state: dict) -> _BatchResult:
     trig = Triggers(np.ones(m, np.uint8), np.ones(m, np.bool_), batch.trig_time,
                     (np.arange(m) & 0xFFF).astype(np.uint16), np.zeros(m, np.uint8))
     pp = PacketProcessor(event_window=state["window"])
-    first = pp.process(Decoded(batch.pixels, trig, WordCounts()))
-    last = pp.flush()
-    ev = Events.concat([first.events, last.events]) if len(last.events) else first.events
-    if batch.first_nr:
-        ev.trigger_nr += batch.first_nr
+    # the two outputs never split an event: convert and cluster them one after the other
+    parts = [o.events for o in (pp.process(Decoded(batch.pixels, trig, WordCounts())), pp.flush())]
+    parts = [ev for ev in parts if len(ev)]
+    n = sum(len(ev) for ev in parts)
+    if out is None and len(parts) > 1:
+        out = {k: np.empty(n, dt) for k, dt in ((k, spec.dtype) for k, spec in _raw_specs().items())}
+    cols: dict = {}
+    cents = []
+    pos = 0
+    for ev in parts:
+        if batch.first_nr:
+            ev.trigger_nr += batch.first_nr
+        if out is None:
+            cols = events_columns(ev)
+        else:
+            events_columns(ev, {k: a[pos:] for k, a in out.items()})
+        pos += len(ev)
+        if state["calc"] is not None:
+            cents.append(state["calc"].process(ev))
+    if out is not None:
+        cols = {k: a[:n] for k, a in out.items()}
+    elif not parts:
+        cols = {k: np.empty(0, spec.dtype) for k, spec in _raw_specs().items()}
     stats = {k: int(pp.stats.get(k, 0)) for k in _PIXEL_STATS}
-    cen = state["calc"].process(ev) if state["calc"] is not None and len(ev) else None
-    return _BatchResult(events_columns(ev), cen, stats)
+    cen = None
+    if cents:
+        cen = cents[0] if len(cents) == 1 else Centroids.concat(cents)
+    return _BatchResult(cols, cen, stats)
+
+
+def _raw_specs() -> dict:
+    from tango_tpx.io.hdf5 import RAW
+
+    return RAW
 
 
 def _die_with_parent() -> None:
@@ -213,13 +266,17 @@ class _Slot:
         self.mem = mmap.mmap(-1, max(off, 8))
         self.views = {name: np.frombuffer(self.mem, dtype=dt, count=n, offset=o) for name, dt, n, o in layout}
 
-    def fits(self, batch: _Batch) -> bool:
-        return len(batch.pixels) <= self.cap_px and len(batch.trig_time) <= self.cap_tr
+    def fits(self, n_pixels: int, batch: _Batch) -> bool:
+        return n_pixels <= self.cap_px and len(batch.trig_time) <= self.cap_tr
 
-    def put(self, batch: _Batch) -> tuple[int, int]:
-        v, px, n = self.views, batch.pixels, len(batch.pixels)
+    def put(self, batch: _Batch, n: int) -> tuple[int, int]:
+        """Copy the batch in (``np.compress`` straight from the pending pixels when masked)."""
+        v, px = self.views, batch.pixels
         for name, a in (("in:toa", px.toa), ("in:x", px.x), ("in:y", px.y), ("in:tot", px.tot), ("in:chip", px.chip)):
-            v[name][:n] = a
+            if batch.select is None:
+                v[name][:n] = a
+            else:
+                np.compress(batch.select, a, out=v[name][:n])
         v["in:trig"][:len(batch.trig_time)] = batch.trig_time
         return n, len(batch.trig_time)
 
@@ -230,11 +287,8 @@ class _Slot:
         px = PixelHits(v["in:x"][:n_px], v["in:y"][:n_px], v["in:toa"][:n_px], v["in:tot"][:n_px], v["in:chip"][:n_px])
         return _Batch(px, v["in:trig"][:n_tr], first_nr)
 
-    def put_raw(self, raw: dict) -> int:
-        n = len(raw["x"])
-        for k, a in raw.items():
-            self.views["out:" + k][:n] = a
-        return n
+    def raw_views(self) -> dict:
+        return {k[4:]: a for k, a in self.views.items() if k.startswith("out:")}
 
     def get_raw(self, n: int) -> dict:
         return {k[4:]: a[:n] for k, a in self.views.items() if k.startswith("out:")}
@@ -257,17 +311,24 @@ def _worker_loop(conn, params: dict, slots: list) -> None:
             if msg[0] == "slot":
                 _, s, n_px, n_tr, first_nr = msg
                 slot = slots[s]
-                res = _process_batch(slot.get_batch(n_px, n_tr, first_nr), state)
-                if len(res.raw["x"]) <= slot.cap_px:
-                    n_ev = slot.put_raw(res.raw)
-                    conn.send(("slot", n_ev, res.centroids, res.stats))
-                    continue
+                # events <= pixels <= slot capacity: the raw columns fit in the slot
+                res = _process_batch(slot.get_batch(n_px, n_tr, first_nr), state, out=slot.raw_views())
+                conn.send(("slot", len(res.raw["x"]), res.centroids, res.stats))
+                continue
             else:
                 res = _process_batch(msg[1], state)
             conn.send(("obj", res))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
     conn.close()
+
+
+def _single_threaded() -> bool:
+    """True if this process has one thread (Python or not: Tango's omniORB threads count)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
 
 
 class _Workers:
@@ -289,9 +350,11 @@ class _Workers:
         if self.n == 1:
             self.state = _make_state(params)
             return
+        # fork (fast start, shared-memory slots inherited) only from a single-threaded process:
+        # forking a threaded one (a Tango client, a GUI) can deadlock the child
         methods = multiprocessing.get_all_start_methods()
-        fork = "fork" in methods
-        ctx = multiprocessing.get_context("fork" if fork else "spawn")
+        fork = "fork" in methods and _single_threaded()
+        ctx = multiprocessing.get_context("fork" if fork else "forkserver" if "forkserver" in methods else "spawn")
         self.slots = [_Slot(slot_pixels, 1 << 16) for _ in range(2 * self.n)] if fork else []
         try:
             for i in range(self.n):
@@ -308,7 +371,7 @@ class _Workers:
 
     def submit(self, batch: _Batch) -> None:
         if self.n == 1:
-            self.sink(_process_batch(batch, self.state))
+            self.sink(_process_batch(batch.materialize(), self.state))
             return
         i = self.count
         self.count += 1
@@ -316,11 +379,12 @@ class _Workers:
         s = 2 * w + (i // self.n) % 2
         while len(self.inflight) >= 2 * self.n:
             self._collect()
-        if self.slots and self.slots[s].fits(batch):
-            n_px, n_tr = self.slots[s].put(batch)
+        n = batch.n_pixels
+        if self.slots and self.slots[s].fits(n, batch):
+            n_px, n_tr = self.slots[s].put(batch, n)
             self.conns[w].send(("slot", s, n_px, n_tr, batch.first_nr))
         else:
-            self.conns[w].send(("obj", batch))
+            self.conns[w].send(("obj", batch.materialize()))
         self.inflight.append((w, s))
 
     def _collect(self) -> None:
@@ -439,7 +503,7 @@ class _Batcher:
         cut_t = int(self.trig_time[k])
         px = self._pending()
         before = px.toa < cut_t
-        batch = _Batch(px.take(before), self.trig_time[:k], int(self.trig_nr[0]) if k else 0)
+        batch = _Batch(px, self.trig_time[:k], int(self.trig_nr[0]) if k else 0, select=before)
         rest = px.take(~before)
         self.parts, self.n = ([rest], len(rest)) if len(rest) else ([], 0)
         self.trig_time, self.trig_nr = self.trig_time[k:], self.trig_nr[k:]
@@ -547,7 +611,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
 
     input: pymepix .raw (with or without the 8-byte header) or ASI .tpx3 (single or quad).
     output: the .h5 path; ``FileExistsError`` if it exists and ``force`` is false.
-    number_of_processes: centroiding processes (1 = in this process); output identical for any.
+    number_of_processes: worker processes for events + clustering (1 = all in this process);
+        the output is identical for any number.
     centroiding: False leaves ``centroided/*`` empty. dbscan: pymepix's DBSCAN instead of the
     fast connected-components clustering. event_window: (min, max) ToF in s, inclusive;
     default (0, inf) keeps every hit after its trigger. timewalk_file / cent_timewalk_file:

@@ -134,18 +134,29 @@ DATASETS: dict[str, DatasetSpec] = {s.path: s for t in TABLES.values() for s in 
 # pure conversions: tango-tpx containers (fine units, ToT counts) -> file columns
 # --------------------------------------------------------------------------------------------
 
-def events_columns(events: Any) -> dict[str, np.ndarray]:
+def events_columns(events: Any, out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """``Events`` (trigger_nr, x, y, tof [fine units], tot [counts]) -> ``raw`` columns.
 
-    tof becomes float64 s, tot uint32 ns; x and y stay uint16 pixels.
+    tof becomes float64 s, tot uint32 ns; x and y stay uint16 pixels. With ``out`` (arrays
+    of the file dtypes, at least ``len(events)`` long) the columns are written into it and
+    views of the written part are returned.
     """
-    return {
-        "trigger nr": np.asarray(events.trigger_nr, dtype=np.int64),
-        "x": np.asarray(events.x, dtype=np.uint16),
-        "y": np.asarray(events.y, dtype=np.uint16),
-        "tof": np.asarray(events.tof, dtype=np.int64) * _UNIT_S,
-        "tot": np.asarray(events.tot, dtype=np.uint32) * np.uint32(_TOT_NS),
-    }
+    if out is None:
+        return {
+            "trigger nr": np.asarray(events.trigger_nr, dtype=np.int64),
+            "x": np.asarray(events.x, dtype=np.uint16),
+            "y": np.asarray(events.y, dtype=np.uint16),
+            "tof": np.asarray(events.tof, dtype=np.int64) * _UNIT_S,
+            "tot": np.asarray(events.tot, dtype=np.uint32) * np.uint32(_TOT_NS),
+        }
+    n = len(events.x)
+    cols = {k: out[k][:n] for k in RAW}
+    cols["trigger nr"][:] = events.trigger_nr
+    cols["x"][:] = events.x
+    cols["y"][:] = events.y
+    np.multiply(events.tof, _UNIT_S, out=cols["tof"])
+    np.multiply(events.tot, np.uint32(_TOT_NS), out=cols["tot"], dtype=np.uint32)
+    return cols
 
 
 def centroids_columns(centroids: Any) -> dict[str, np.ndarray]:
@@ -367,9 +378,16 @@ class Hdf5Writer:
             self._events_seen[table].update(columns["trigger nr"])
         self._tables[table].append(columns)
 
-    def append_train_ids(self, timestamp_ns: np.ndarray, train_id: np.ndarray,
+    def append_train_ids(self, timestamp_ns: np.ndarray, train_id: np.ndarray | None = None,
                          beam_mode: np.ndarray | None = None) -> None:
-        """Append train IDs: host time stamps [ns, uint64], IDs, beam mode words (default 0)."""
+        """Append train IDs: host time stamps [ns since the epoch, uint64], IDs, beam mode words
+        (default 0). ``timestamp_ns`` may also be a structured array with the fields
+        ``timestamp_ns``, ``train_id``, ``beam_mode`` (``tango_tpx.trainid.TRAINID_DTYPE``)."""
+        arr = np.asarray(timestamp_ns)
+        if arr.dtype.names:
+            timestamp_ns, train_id, beam_mode = arr["timestamp_ns"], arr["train_id"], arr["beam_mode"]
+        if train_id is None:
+            raise TypeError("train_id is required unless a structured train-ID array is given")
         train_id = np.asarray(train_id, dtype=np.uint64)
         if beam_mode is None:
             beam_mode = np.zeros(len(train_id), np.uint32)

@@ -102,8 +102,6 @@ class _Collector(threading.Thread):
             self.ready.set()
             if sock is not None:
                 sock.close(linger=0)
-            if self.pub is not None:
-                pass
             self.done.set()
 
     def _deliver(self, frames, mtype, data) -> None:

@@ -27,7 +27,7 @@ import zmq
 
 from . import transport
 from .counters import CTRL_DRAIN, CTRL_FORCE, SharedCounters, SharedPreview
-from .messages import MessageType
+from .messages import MessageType, encode_frames
 
 #: poll period of stage loops (s): bounds the reaction time to stop/orphan checks.
 POLL_S = 0.05
@@ -137,7 +137,7 @@ class BasePipelineObject(mp.Process):
         if data_type in w.down_types and self._down:
             ok = self._send_round_robin(data_type, data, seq, meta)
         elif data_type in w.forward_types and self._collector is not None:
-            ok = transport.send(self._collector, data_type, data, seq, meta, block_s=10.0, abort=self._forced)
+            ok = transport.send(self._collector, data_type, data, seq, meta, block_s=1e9, abort=self._forced)
         return ok
 
     # -- helpers for subclasses -----------------------------------------------------------
@@ -161,9 +161,9 @@ class BasePipelineObject(mp.Process):
         return os.getppid() != self.wiring.parent_pid
 
     def _send_round_robin(self, data_type, data, seq, meta) -> bool:
+        # blocks while every next-stage input is full (back-pressure reaches the sampler,
+        # which counts what it cannot hand off); gives up only when the pipeline is forced
         n = len(self._down)
-        deadline = time.monotonic() + 10.0
-        from .messages import encode_frames
         frames = encode_frames(data_type, data, seq, meta)
         while True:
             for k in range(n):
@@ -175,7 +175,7 @@ class BasePipelineObject(mp.Process):
                 self._rr = (i + 1) % n
                 self.wiring.counters.stage_sent(self.wiring.next_slot)
                 return True
-            if self._forced() or time.monotonic() > deadline:
+            if self._forced():
                 return False
             time.sleep(0.001)
 
@@ -232,8 +232,27 @@ class BasePipelineObject(mp.Process):
                     self._conn.close()
                 except OSError:
                     pass
+            if self.wiring is not None and self._orphaned():
+                self._remove_endpoints()
         if code:
             raise SystemExit(code)
+
+    def _remove_endpoints(self) -> None:
+        """The parent is gone and cannot clean up: remove this stage's ipc endpoints (and
+        the collector's) and, if it is then empty, the run directory."""
+        w = self.wiring
+        paths = [a[len("ipc://"):] for a in (w.input_address, w.collector_address)
+                 if a and a.startswith("ipc://")]
+        for path in paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if paths:
+            try:
+                os.rmdir(os.path.dirname(paths[-1]))
+            except OSError:
+                pass
 
     def main_loop(self) -> bool:
         """Default loop over the input; returns True for a clean end (drain the outputs)."""

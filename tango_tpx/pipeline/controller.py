@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .acquisition import CentroidPipeline, PixelPipeline
-from .counters import SharedCounters, SharedPreview
+from .counters import SharedCounters, SharedPreview, tof_bins
 
 #: the public counter keys of :meth:`AcquisitionController.counters`.
 COUNTER_KEYS = ("datagrams", "bytes", "hits", "triggers", "events", "centroids", "malformed_words",
@@ -94,6 +94,10 @@ class AcquisitionController:
                 return
             self._last_fault = None
             pipe = self._build()
+            # a fresh, empty preview with this run's ToF axis until the first frame
+            self._preview.publish(np.zeros(self._preview.shape, np.int32),
+                                  np.zeros(self._preview.n_tof_bins),
+                                  tof_bins(tuple(self.event_window), self._preview.n_tof_bins)[2])
             pipe.start()
             self._pipeline = pipe
 

@@ -157,6 +157,18 @@ def accumulate_preview(hitmap: np.ndarray, x: np.ndarray, y: np.ndarray,
                 tofhist[np.int64((d * nb) // span)] += 1.0
 
 
+def tof_bins(event_window_s: tuple[float, float], n_bins: int = N_TOF_BINS) -> tuple[int, int, np.ndarray]:
+    """ToF histogram range for an event window (s): (lo, hi) in 25/4096 ns units and the
+    bin centres in ns. An unbounded window gets a 1 ms range."""
+    from ..tpx3.units import UNIT_NS, s_to_units
+    lo, hi = float(event_window_s[0]), float(event_window_s[1])
+    if not np.isfinite(hi) or hi <= lo:
+        hi = lo + 1e-3
+    lo_u, hi_u = int(s_to_units(lo)), int(s_to_units(hi))
+    step = (hi_u - lo_u) / n_bins
+    return lo_u, hi_u, (lo_u + (np.arange(n_bins) + 0.5) * step) * UNIT_NS
+
+
 class SharedPreview:
     """Rolling preview written by the decoder stage, read by the controller.
 

@@ -20,9 +20,8 @@ import numpy as np
 
 from ..processing.events import PacketProcessor
 from ..tpx3.codec import Decoder
-from ..tpx3.units import UNIT_NS, s_to_units
 from .baseplugin import BasePipelineObject
-from .counters import CTRL_LONGTIME, CTRL_LONGTIME_GEN, N_TOF_BINS, accumulate_preview
+from .counters import CTRL_LONGTIME, CTRL_LONGTIME_GEN, N_TOF_BINS, accumulate_preview, tof_bins
 from .messages import MessageType
 
 
@@ -87,12 +86,7 @@ class PipelinePacketProcessor(BasePipelineObject):
         self._pv_shape = prev.shape if prev is not None else (256, 256)
         self._pv_map = np.zeros(self._pv_shape, np.int32)
         self._pv_hist = np.zeros(N_TOF_BINS, np.float64)
-        lo, hi = self.event_window
-        if not np.isfinite(hi) or hi <= lo:
-            hi = lo + 1e-3
-        self._tof_lo, self._tof_hi = int(s_to_units(lo)), int(s_to_units(hi))
-        step = (self._tof_hi - self._tof_lo) / N_TOF_BINS
-        self._tof_axis_ns = (self._tof_lo + (np.arange(N_TOF_BINS) + 0.5) * step) * UNIT_NS
+        self._tof_lo, self._tof_hi, self._tof_axis_ns = tof_bins(self.event_window, N_TOF_BINS)
         self._pv_t0 = time.monotonic()
         self._pv_hits = 0
         self._empty_i64 = np.zeros(0, np.int64)

@@ -285,6 +285,7 @@ class UdpSampler(BasePipelineObject):
                 if self._has_pending:
                     self._apply_commands()
                 if ctrl[CTRL_FORCE] or self._orphaned():
+                    self.raw2disk.stop(1.0)         # keep what was recorded readable
                     return False
                 if ctrl[CTRL_DRAIN] or not self.enable:
                     self._kernel_drops()
@@ -312,11 +313,13 @@ class UdpSampler(BasePipelineObject):
                         self._apply_commands()
                 if stop:
                     if ctrl[CTRL_FORCE] or self._orphaned():
+                        self.raw2disk.stop(1.0)
                         return False
                     self._kernel_drops()
                     self.raw2disk.stop()
                     return True
                 if self._orphaned():
+                    self.raw2disk.stop(1.0)
                     return False
 
     def post_run(self):

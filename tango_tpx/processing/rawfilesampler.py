@@ -29,8 +29,8 @@ _CONVERT_KWARGS = {"event_window", "tot_threshold", "layout", "force", "compress
 class RawFileSampler:
     """Convert ``file_name`` (pymepix .raw or ASI .tpx3) to the HDF5 file ``output_file``.
 
-    number_of_processes: centroiding processes (``None``: the CPU count, at most 8); output
-    identical for any value. timewalk_file / cent_timewalk_file: ``.npy`` time-walk tables
+    number_of_processes: worker processes for events + clustering (``None``: the CPU count, at
+    most 8); the output is identical for any value. timewalk_file / cent_timewalk_file: ``.npy`` time-walk tables
     (ns per ToT bin). progress_callback(fraction 0..1) is called as the file is read.
     clustering_args: pymepix keys (``epsilon``, ``min_samples``, ``tot_threshold``, ...).
     dbscan_clustering: True = pymepix's DBSCAN, False = fast connected components.

@@ -45,35 +45,48 @@ def _rss_mib(pid: int | str = "self") -> float:
     return 0.0
 
 
+def _sample_rss(pid: int, stop, queue) -> None:
+    """Sampler process: peak RSS of process ``pid`` and of its other children, every 0.1 s."""
+    me = os.getpid()
+    main = worker = 0.0
+    while not stop.is_set():
+        main = max(main, _rss_mib(pid))
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for k in kids:
+                if int(k) != me:
+                    worker = max(worker, _rss_mib(k))
+        stop.wait(0.1)
+    queue.put((main, worker))
+
+
 class _RssSampler:
-    """Peak resident memory of this process and of its child processes, sampled every 0.1 s."""
+    """Peak resident memory of this process and of its worker processes.
+
+    Sampled by a separate process, not a thread: the converter forks its workers only when
+    no other Python thread runs, and the benchmark must measure that normal path.
+    """
 
     def __init__(self) -> None:
-        import threading
+        import multiprocessing
 
+        ctx = multiprocessing.get_context("fork")
+        self._stop = ctx.Event()
+        self._queue = ctx.SimpleQueue()
+        self._proc = ctx.Process(target=_sample_rss, args=(os.getpid(), self._stop, self._queue), daemon=True)
         self.main = self.worker = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.main = max(self.main, _rss_mib())
-            for task in Path("/proc/self/task").glob("*"):
-                try:
-                    kids = (task / "children").read_text().split()
-                except OSError:
-                    continue
-                for k in kids:
-                    self.worker = max(self.worker, _rss_mib(k))
-            self._stop.wait(0.1)
 
     def __enter__(self) -> "_RssSampler":
-        self._thread.start()
+        self._proc.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        self.main, self.worker = self._queue.get()
+        self._proc.join()
 
 
 def _convert(src: Path, out: Path, **kw) -> tuple[float, object]:

@@ -324,11 +324,12 @@ def _worker_loop(conn, params: dict, slots: list) -> None:
 
 
 def _single_threaded() -> bool:
-    """True if this process has one thread (Python or not: Tango's omniORB threads count)."""
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return threading.active_count() == 1
+    """True unless other Python threads run (a GUI, a pipeline, a Tango callback thread).
+
+    Library pools that sit idle in C (OpenBLAS, numba) do not count: forking past them is
+    what every numpy program using multiprocessing does, and the workers only run numpy/numba.
+    """
+    return threading.active_count() == 1
 
 
 class _Workers:
@@ -350,8 +351,8 @@ class _Workers:
         if self.n == 1:
             self.state = _make_state(params)
             return
-        # fork (fast start, shared-memory slots inherited) only from a single-threaded process:
-        # forking a threaded one (a Tango client, a GUI) can deadlock the child
+        # fork (fast start, shared-memory slots inherited) only when no other Python thread runs:
+        # forking a threaded program (a GUI, a Tango server) can deadlock the child
         methods = multiprocessing.get_all_start_methods()
         fork = "fork" in methods and _single_threaded()
         ctx = multiprocessing.get_context("fork" if fork else "forkserver" if "forkserver" in methods else "spawn")

@@ -106,12 +106,12 @@ def test_real_capture_counts_out_5sec():
     words = np.fromfile(CAPTURES / "out_5sec.raw", dtype="<u8")
     d = decode_words(words)
     c = d.counts
-    assert (c.pixels, c.global_lsb, c.global_msb, c.other, c.tdc_invalid) == (518047, 4, 4, 8, 0)
+    assert (c.pixels, c.global_lsb, c.global_msb, c.control, c.other, c.tdc_invalid) == (518047, 4, 4, 8, 0, 0)
     tr = d.triggers
     for ch in (1, 2):
         for edge in (True, False):
             assert ((tr.channel == ch) & (tr.rising == edge)).sum() == 39
-    # the eight 'other' words are the 0x71 control words
+    # the eight control words are the 0x71 words
     assert int(np.sum((words >> np.uint64(56)) == 0x71)) == 8
     assert c.ambiguous_time == 0
     # independent numpy implementation of the spec agrees on every value
@@ -194,7 +194,7 @@ def test_garbage_never_raises_and_every_word_counted_once():
             assert total.pixels == int(np.sum((hdr == 0xA) | (hdr == 0xB)))
             assert total.chunk_headers == 0
         assert sum(getattr(total, n) for n in EXCLUSIVE_COUNTS) == len(words)
-    assert len(COUNT_NAMES) == 9
+    assert len(COUNT_NAMES) == 10
 
 
 def _chunk_header(chip: int, nbytes: int) -> int:

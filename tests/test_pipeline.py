@@ -59,7 +59,7 @@ def test_pixel_pipeline_hits_and_triggers_equal_truth(sim):
     c = pipe.counters.snapshot()
     assert c["hits"] == len(truth.hits) and c["triggers"] == len(truth.triggers)
     assert c["bytes"] == words.nbytes and c["kernel_drops"] == 0 and c["chunks"] >= 2
-    assert c["malformed_words"] == truth.n_control_words
+    assert c["malformed_words"] == 0  # the simulator's 0x71 control words are valid words
 
 
 def _match_fraction(c: Centroids, particles, min_hits: int) -> float:
@@ -204,7 +204,7 @@ def test_real_capture_through_the_pipeline():
         ctl.stop()
     c = ctl.counters()
     assert c["triggers"] == 4 * 39 and c["datagrams"] == len(split(data, 8192))
-    assert c["malformed_words"] == 8             # the 0x71 control words
+    assert c["malformed_words"] == 0             # the 8 0x71 control words are valid
     assert c["kernel_drops"] == 0 and ctl.fault() is None
     hitmap, hist, axis = ctl.preview()
     assert hitmap.shape == (256, 256) and hitmap.dtype == np.int32

@@ -150,7 +150,7 @@ def test_decoder_reproduces_truth_single(small):
         assert np.array_equal(getattr(a, f), getattr(b, f)), f
     for f in ("channel", "rising", "time", "counter", "chip"):
         assert np.array_equal(getattr(d.triggers, f), getattr(truth.triggers, f)), f
-    assert d.counts.other == truth.n_control_words and d.counts.ambiguous_time == 0
+    assert d.counts.control == truth.n_control_words and d.counts.other == 0 and d.counts.ambiguous_time == 0
 
 
 def test_quad_decodes_and_spans_chips():

@@ -52,13 +52,14 @@ COUNT_NAMES = (
     "global_lsb",      # 0x44
     "global_msb",      # 0x45
     "chunk_headers",   # .tpx3 chunk headers (framing='tpx3' only)
-    "other",           # control words (0x71..), unknown headers, quad pixels of a chip > 3
+    "control",         # SPIDR control/status words (header 0x7, e.g. 0x71): valid, no data
+    "other",           # unknown headers, unknown sub-types, quad pixels of a chip > 3
     "ambiguous_time",  # extended times more than a quarter epoch from the reference
     "framing_errors",  # data word where a .tpx3 chunk header was expected
 )
-EXCLUSIVE_COUNTS = COUNT_NAMES[:7]
+EXCLUSIVE_COUNTS = COUNT_NAMES[:8]
 _C = {name: i for i, name in enumerate(COUNT_NAMES)}
-C_PIX, C_TDC, C_TDC_BAD, C_LSB, C_MSB, C_HDR, C_OTHER, C_AMBIG, C_FRAME = range(len(COUNT_NAMES))
+C_PIX, C_TDC, C_TDC_BAD, C_LSB, C_MSB, C_HDR, C_CTRL, C_OTHER, C_AMBIG, C_FRAME = range(len(COUNT_NAMES))
 
 # state vector
 S_REF, S_HAVE_REF, S_LSB, S_HAVE_LSB, S_CHIP, S_REMAIN, S_LONGTIME = range(7)
@@ -75,6 +76,7 @@ class WordCounts:
     global_lsb: int = 0
     global_msb: int = 0
     chunk_headers: int = 0
+    control: int = 0
     other: int = 0
     ambiguous_time: int = 0
     framing_errors: int = 0
@@ -90,7 +92,7 @@ class WordCounts:
 
     @property
     def malformed(self) -> int:
-        """Words that carried no usable data: invalid TDC words and unknown/control words."""
+        """Words that are not valid SPIDR packets: invalid TDC words and unknown words."""
         return self.tdc_invalid + self.other
 
     def __add__(self, other: "WordCounts") -> "WordCounts":
@@ -137,7 +139,7 @@ def _decode(words, tpx3, quad, st, counts,
     chip = st[S_CHIP]
     remain = st[S_REMAIN]
     longtime = st[S_LONGTIME]
-    n_tdc_bad = n_lsb = n_msb = n_hdr = n_other = n_ambig = n_frame = 0
+    n_tdc_bad = n_lsb = n_msb = n_hdr = n_ctrl = n_other = n_ambig = n_frame = 0
     np_ = 0
     nt = 0
     for i in range(words.shape[0]):
@@ -214,7 +216,10 @@ def _decode(words, tpx3, quad, st, counts,
             elif sub == 0xA:
                 ch = 1
         if ch == 0:
-            n_other += 1
+            if hdr == 0x7:
+                n_ctrl += 1
+            else:
+                n_other += 1
             continue
         f = (w >> 5) & 0xF
         if f < 1 or f > 12:
@@ -250,6 +255,7 @@ def _decode(words, tpx3, quad, st, counts,
     counts[C_LSB] += n_lsb
     counts[C_MSB] += n_msb
     counts[C_HDR] += n_hdr
+    counts[C_CTRL] += n_ctrl
     counts[C_OTHER] += n_other
     counts[C_AMBIG] += n_ambig
     counts[C_FRAME] += n_frame

@@ -127,6 +127,20 @@ def _upper_bounds(words: np.ndarray) -> tuple[int, int]:
     return npix, ntdc
 
 
+@numba.njit(cache=True, inline="always")
+def _extend(t30: int, ref: int, have_ref: bool) -> tuple[int, int]:
+    """30-bit coarse time (25 ns) -> the 48-bit time nearest ``ref``; (time, 1 if ambiguous).
+
+    Written as a 30-bit modular difference so the loop-carried chain through ``ref`` is
+    three operations.  Without a reference the word defines epoch 0.
+    """
+    if not have_ref:
+        return t30, 0
+    delta = ((t30 + HALF_EPOCH - ref) & MASK30) - HALF_EPOCH
+    amb = 1 if (delta > QUARTER_EPOCH or delta < -QUARTER_EPOCH) else 0
+    return ref + delta, amb
+
+
 @numba.njit(cache=True)
 def _decode(words, tpx3, quad, st, counts,
             px_x, px_y, px_toa, px_tot, px_chip,
@@ -157,17 +171,10 @@ def _decode(words, tpx3, quad, st, counts,
         hdr = (w >> 60) & 0xF
         if hdr == 0xA or hdr == 0xB:
             t30 = ((w & 0xFFFF) << 14) | ((w >> 30) & 0x3FFF)
-            # time extension: the epoch nearest to the reference.  Written as a 30-bit
-            # modular difference so the loop-carried chain through `ref` is 3 operations.
-            if have_ref:
-                delta = ((t30 + HALF_EPOCH - ref) & MASK30) - HALF_EPOCH
-                t = ref + delta
-                if delta > QUARTER_EPOCH or delta < -QUARTER_EPOCH:
-                    n_ambig += 1
-            else:
-                t = t30
-                have_ref = True
+            t, amb = _extend(t30, ref, have_ref)
+            n_ambig += amb
             ref = t
+            have_ref = True
             x = ((w >> 52) & 0xFE) | ((w >> 46) & 1)
             y = ((w >> 45) & 0xFC) | ((w >> 44) & 3)
             k = (((x >> 1) + 15) & 15) + 1  # double-column phase (x // 2) % 16, 0 -> 16
@@ -226,15 +233,10 @@ def _decode(words, tpx3, quad, st, counts,
             n_tdc_bad += 1
             continue
         t30 = (w >> 12) & MASK30
-        if have_ref:
-            delta = ((t30 + HALF_EPOCH - ref) & MASK30) - HALF_EPOCH
-            t = ref + delta
-            if delta > QUARTER_EPOCH or delta < -QUARTER_EPOCH:
-                n_ambig += 1
-        else:
-            t = t30
-            have_ref = True
+        t, amb = _extend(t30, ref, have_ref)
+        n_ambig += amb
         ref = t
+        have_ref = True
         fine = ((f - 1) << 9) // 12
         tr_ch[nt] = ch
         tr_rise[nt] = rising

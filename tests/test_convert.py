@@ -727,3 +727,62 @@ def test_single_threaded_caller_uses_shared_memory_slots(tmp_path, monkeypatch):
     src = write_raw(tmp_path / "s.raw", synth_words(20, 10, seed=15))
     r = convert_file(src, tmp_path / "o.h5", number_of_processes=2, chunk_words=500, batch_hits=200)
     assert sent["slot"] >= 3 and sent["obj"] == 0 and r.centroids > 0
+
+
+# ------------------------------------------------------------------------------------------
+# train IDs from the live pipeline's side file
+# ------------------------------------------------------------------------------------------
+def test_train_id_side_file_is_written_to_timing_trainid(tmp_path, capsys):
+    from tango_tpx.trainid.protocol import side_file_path
+
+    src = write_raw(tmp_path / "rec.raw", synth_words(5, 3, seed=7))
+    side = side_file_path(src)
+    assert side.name == "rec.raw.trainid.csv"
+    # hand-written rows: host time (ns since the epoch), train id, beam mode word
+    side.write_text("timestamp_ns,train_id,beam_mode\n"
+                    "1700000000000000000,1000001,0\n"
+                    "1700000000100000000,1000002,7\n"
+                    "18446744073709551615,18446744073709551614,4294967295\n", encoding="ascii")
+    r = convert_file(src, tmp_path / "auto.h5")
+    assert r.train_ids == 3 and not r.warnings
+    with h5py.File(tmp_path / "auto.h5", "r") as f:
+        g = f["timing/trainID"]
+        assert g["timestamp"].dtype == np.uint64 and g["train id"].dtype == np.uint64
+        assert g["beam mode"].dtype == np.uint32
+        assert g["timestamp"][()].tolist() == [1700000000000000000, 1700000000100000000, 2**64 - 1]
+        assert g["train id"][()].tolist() == [1000001, 1000002, 2**64 - 2]
+        assert g["beam mode"][()].tolist() == [0, 7, 2**32 - 1]
+        assert g["timestamp"].attrs["unit"] == "ns" and g["train id"].attrs["unit"] == ""
+        assert f.attrs["trainid_file"] == str(side.resolve()) and f.attrs["trainid_rows"] == 3
+    assert check_layout(tmp_path / "auto.h5") == []
+
+    # explicit --trainid FILE (another name, another folder) wins over the side file
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    explicit = other / "beamtime.trainid.csv"
+    explicit.write_text("timestamp_ns,train_id,beam_mode\n5,42,1\n", encoding="ascii")
+    assert run_cli(str(src), "-o", str(tmp_path / "cli.h5"), "-q", "--trainid", str(explicit)) == 0
+    with h5py.File(tmp_path / "cli.h5", "r") as f:
+        assert f["timing/trainID/train id"][()].tolist() == [42]
+        assert f["timing/trainID/timestamp"][()].tolist() == [5]
+        assert f.attrs["trainid_file"] == str(explicit.resolve()) and f.attrs["trainid_rows"] == 1
+
+    # explicit but missing / malformed: clear error, no output; trainid_file=False: none
+    capsys.readouterr()
+    assert run_cli(str(src), "-o", str(tmp_path / "x.h5"), "-q", "--trainid", str(other / "no.trainid.csv")) == 2
+    assert "train-ID file not found" in capsys.readouterr().err
+    bad = other / "bad.trainid.csv"
+    bad.write_text("timestamp_ns,train_id,beam_mode\n1,2\n", encoding="ascii")
+    assert run_cli(str(src), "-o", str(tmp_path / "x.h5"), "-q", "--trainid", str(bad)) == 1
+    assert "expected 3 columns" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists() and not partial_path(tmp_path / "x.h5").exists()
+    r = convert_file(src, tmp_path / "none.h5", trainid_file=False)
+    with h5py.File(tmp_path / "none.h5", "r") as f:
+        assert f["timing/trainID/train id"].shape == (0,) and f.attrs["trainid_file"] == ""
+
+    # a malformed side file found next to the input is skipped with a warning
+    side.write_text("not,a,header\n1,2,3\n", encoding="ascii")
+    r = convert_file(src, tmp_path / "skip.h5")
+    assert r.train_ids == 0 and any("side file" in w and "skipped" in w for w in r.warnings)
+    with h5py.File(tmp_path / "skip.h5", "r") as f:
+        assert f["timing/trainID/train id"].shape == (0,) and f.attrs["trainid_rows"] == 0

@@ -400,11 +400,11 @@ def test_bad_properties_give_fault_with_reason():
 
 @pytest.mark.timeout(60)
 def test_unusable_train_id_source_gives_fault_naming_property():
-    with _context(TrainIdSource="/dev/does-not-exist") as d:
-        if d.state() == DevState.ON:  # the controller accepted it: train IDs are wired
-            pytest.skip("train ID source accepted by the controller")
+    # a path that does not exist yet is a receiver not plugged in (Status says so); a
+    # source that can never work is a FAULT naming the property
+    with _context(TrainIdSource="usb:zz:1") as d:
         assert d.state() == DevState.FAULT
-        assert "TrainIdSource property '/dev/does-not-exist' cannot be used" in d.status()
+        assert "TrainIdSource property 'usb:zz:1' cannot be used" in d.status()
 
 
 @pytest.mark.timeout(60)

@@ -190,7 +190,7 @@ def test_append_to_hdf5_resizable_with_units(tmp_path: Path):
         ts, tid, bm = (h5[TRAINID_DATASETS[k]] for k in ("timestamp", "train_id", "beam_mode"))
         assert ts.dtype == np.uint64 and tid.dtype == np.uint64 and bm.dtype == np.uint32
         assert ts.maxshape == (None,) and ts.shape == (4,)
-        assert (ts.attrs["unit"], tid.attrs["unit"], bm.attrs["unit"]) == ("ns", "1", "1")
+        assert (ts.attrs["unit"], tid.attrs["unit"], bm.attrs["unit"]) == ("ns", "", "")
         assert tid[()].tolist() == [1_500_000_000, 1_500_000_001, 1_500_000_002, 1_600_000_000]
         assert ts[()].tolist() == [10**18, 10**18 + 1, 10**18 + 2, 2 * 10**18]
         assert bm[()].tolist() == [0, 1, 2, 0xDEADBEEF]

@@ -45,7 +45,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from tango_tpx.device.demo import run_demo
 
     return run_demo(duration=args.duration, rate_mhits=args.rate, keep=args.keep, workdir=args.workdir,
-                    centroid_processes=args.processes, seed=args.seed)
+                    centroid_processes=args.processes, seed=args.seed, trainid=args.trainid)
 
 
 def add_parser(subparsers) -> None:
@@ -74,6 +74,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     p.add_argument("--workdir", default=None,
                    help="directory for the recording, HDF5 and logs (default: a new temporary one)")
+    p.add_argument("--trainid", action="store_true",
+                   help="also simulate a European XFEL train-ID receiver (10 Hz, pty) as TrainIdSource")
     p.add_argument("--keep", action="store_true",
                    help="leave the database and server running and print TANGO_HOST (for a Taurus GUI)")
     p.set_defaults(func=_run_demo)

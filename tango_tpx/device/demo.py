@@ -8,6 +8,12 @@
    OpenFiles, follows change events with one line per second, CloseFiles, Stops;
 6. the recording converted to HDF5 (:func:`tango_tpx.io.convert.convert_file`) and a summary.
 
+With ``--trainid`` a simulated European XFEL train-ID receiver
+(:class:`tango_tpx.trainid.SimulatedReceiver`, 10 Hz on a pty) runs in this process and the
+device's ``TrainIdSource`` property names it: the live lines show the ``TrainId``
+attribute (from change events), the recording gets its ``<raw>.trainid.csv`` side file and
+the summary says how many train IDs it holds (and how many reached the HDF5 file).
+
 Everything started is stopped at the end and on Ctrl-C / SIGTERM (each child is the leader
 of its own process group and the whole group is killed), unless ``--keep`` asks to leave
 the database and server running for a GUI.
@@ -109,14 +115,41 @@ def _start_simulator(rate_mhits: float, duration: float, seed: int, port: int, s
     return thread
 
 
+def _report_train_ids(say, raw_path: str, h5_path: Path, last_train: int, sim: Any) -> bool:
+    """Print what the train IDs did (device, side file, HDF5); True when they arrived."""
+    from tango_tpx.trainid import read_side_file, side_file_path
+
+    side = side_file_path(raw_path)
+    ids = read_side_file(side)["train_id"] if side.exists() else []
+    in_order = bool(len(ids) and (len(ids) == 1 or (ids[1:] > ids[:-1]).all()))
+    say(f"demo: train IDs: last on the device {last_train}, {len(ids)} in {side.name}"
+        + (f" ({int(ids[0])}..{int(ids[-1])}, in order: {in_order})" if len(ids) else "")
+        + f"; the simulator sent {len(sim.counts.sent_ids)}")
+    if h5_path.exists():
+        try:
+            import h5py
+
+            from tango_tpx.trainid import read_hdf5
+
+            with h5py.File(h5_path, "r") as f:
+                n = len(read_hdf5(f))
+            say(f"demo: {n} train IDs in {h5_path.name} (timing/trainID)")
+        except Exception as exc:  # noqa: BLE001 - informative only
+            say(f"demo: could not read train IDs from {h5_path.name}: {exc}")
+    return last_train >= sim.start_train_id and len(ids) > 0 and in_order
+
+
 def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False,
              workdir: str | os.PathLike | None = None, centroid_processes: int = 1, seed: int = 0,
-             out: IO[str] | None = None) -> int:
+             out: IO[str] | None = None, trainid: bool = False, trainid_rate_hz: float = 10.0) -> int:
     """Run the demo; returns the exit code (0 = everything worked, 1 = a step failed, 130 = interrupted).
 
     duration: seconds of simulated data; rate_mhits: simulated hit rate in Mhits/s;
     workdir: where the recording (data/*.raw), the HDF5 file and the logs go (default a
-    new temporary directory, kept at the end so the files can be looked at).
+    new temporary directory, kept at the end so the files can be looked at);
+    trainid: also run a simulated train-ID receiver (``trainid_rate_hz`` frames per second)
+    and use it as the device's TrainIdSource; the demo then also fails when no train ID
+    reached the device or the side file.
     """
     import tango
 
@@ -142,6 +175,7 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
     sub_ids: list[int] = []
     sim_stop = threading.Event()
     sim_result: dict[str, Any] = {}
+    train_sim = None
     code = 1
     try:
         say(f"demo: working directory {base}")
@@ -155,9 +189,15 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         udp_port = free_port(kind=socket.SOCK_DGRAM)
         stream = f"tcp://127.0.0.1:{free_port()}"
         host, port = th.split(":")
-        register_config(config, db=tango.Database(host, int(port)),
-                        overrides={device: {"UdpPort": [str(udp_port)], "DataStreamAddress": [stream],
-                                            "SummaryPeriod": ["1.0"]}})
+        props = {"UdpPort": [str(udp_port)], "DataStreamAddress": [stream], "SummaryPeriod": ["1.0"]}
+        if trainid:
+            from tango_tpx.trainid import SimulatedReceiver
+
+            train_sim = SimulatedReceiver(rate_hz=trainid_rate_hz, link_dir=str(base)).start()
+            props["TrainIdSource"] = [train_sim.path]
+            say(f"demo: simulated train-ID receiver at {train_sim.path} ({train_sim.pty_path}), "
+                f"{trainid_rate_hz:g} Hz from train {train_sim.start_train_id}")
+        register_config(config, db=tango.Database(host, int(port)), overrides={device: props})
         say(f"demo: registered {device} in server {server_name} (UDP port {udp_port}, stream {stream})")
 
         server_log = open(base / "server.log", "w")
@@ -175,7 +215,7 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         proxy.Centroiding = True
 
         live = _Live()
-        for name in LIVE_ATTRIBUTES:
+        for name in LIVE_ATTRIBUTES + (("TrainId",) if trainid else ()):
             sub_ids.append(proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, live))
 
         proxy.Start()
@@ -190,7 +230,8 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         while True:
             time.sleep(max(0.0, next_line - time.monotonic()))
             next_line += 1.0
-            say(_live_line(time.monotonic() - t0, live))
+            line = _live_line(time.monotonic() - t0, live)
+            say(f"{line} | train {live.get('TrainId', -1)}" if trainid else line)
             state = proxy.state()
             if state == tango.DevState.FAULT:
                 say(f"demo: device went to FAULT: {proxy.status()}")
@@ -217,6 +258,7 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
                   for name in ("TotalHits", "TotalTriggers", "TotalEvents", "TotalCentroids",
                                "BytesReceived", "KernelDrops", "LostTriggers", "MalformedWords")}
         final_state = proxy.state()
+        last_train = int(proxy.TrainId) if trainid else -1
         say(f"demo: stopped, device {final_state}; {live.events} change events received")
         size = os.path.getsize(raw_path) if os.path.exists(raw_path) else 0
         say(f"demo: live totals: hits {totals['TotalHits']}, triggers {totals['TotalTriggers']}, "
@@ -237,14 +279,24 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
                                event_window=(window_us[0] * 1e-6, window_us[1] * 1e-6))
             say(f"demo: converted to HDF5 in {res.seconds:.1f} s: hits {res.hits}, events {res.events}, "
                 f"triggers {res.triggers}, centroids {res.centroids}")
+        train_ok = True
+        if trainid:
+            train_ok = _report_train_ids(say, raw_path, h5_path, last_train, train_sim)
         say("demo: files:")
         say(f"  raw     {raw_path} ({size} bytes)")
+        if trainid:
+            from tango_tpx.trainid import side_file_path
+
+            side = side_file_path(raw_path)
+            if side.exists():
+                say(f"  trainid {side} ({side.stat().st_size} bytes)")
         if h5_path.exists():
             say(f"  hdf5    {h5_path} ({h5_path.stat().st_size} bytes)")
         say(f"  log     {base / 'server.log'}")
-        code = 0 if final_state == tango.DevState.ON and totals["TotalHits"] > 0 else 1
+        code = 0 if final_state == tango.DevState.ON and totals["TotalHits"] > 0 and train_ok else 1
         if code:
-            say(f"demo: FAILED (state {final_state}, {totals['TotalHits']} hits)")
+            say(f"demo: FAILED (state {final_state}, {totals['TotalHits']} hits"
+                + (", train IDs missing)" if not train_ok else ")"))
     except KeyboardInterrupt:
         say("demo: interrupted, stopping everything")
         code = 130
@@ -257,6 +309,9 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         sim_stop.set()
+        if train_sim is not None and not (keep and code == 0):
+            train_sim.stop()
+            say("demo: simulated train-ID receiver stopped")
         for sid in sub_ids:
             try:
                 proxy.unsubscribe_event(sid)
@@ -264,6 +319,8 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
                 pass
         proxy = None
         if keep and code == 0:
+            if train_sim is not None:
+                say("demo: --keep: the simulated train-ID receiver stops with this process")
             say(f"demo: --keep: database and server left running. For a client or a Taurus GUI:\n"
                 f"  export TANGO_HOST={db.tango_host}\n"
                 f"  taurus form tango://{db.tango_host}/tpx3/detector/1\n"

@@ -113,7 +113,9 @@ class Timepix3(Device):
     SummaryPeriod = device_property(dtype=float, default_value=1.0,
                                     doc="Period of summary events and of the preview, s.")
     TrainIdSource = device_property(dtype=str, default_value="",
-                                    doc="Train ID source: '' = none, a tty/pty path, 'usb' or 'usb:VID:PID'.")
+                                    doc="European XFEL train-ID receiver: '' = none, a tty/pty path "
+                                        "(e.g. /dev/serial/by-id/...; it may be plugged in later), 'usb' "
+                                        "or 'usb:VID:PID'. Read from Init on, also while ON.")
 
     # ------------------------------------------------------------------ lifecycle
     def init_device(self) -> None:
@@ -146,6 +148,7 @@ class Timepix3(Device):
         previous = getattr(self, "_monitor", None)
         self._monitor: threading.Thread | None = None
         self._data_ready_counter = 0
+        self._last_pushed: dict[str, Any] = {}
 
         for name in ("State", "Status", *SUMMARY_ATTRIBUTES):
             self.set_change_event(name, True, False)
@@ -208,14 +211,29 @@ class Timepix3(Device):
         snap["TofAxis"] = np.zeros(0, np.float64)
         return snap
 
+    def _train_status_line(self) -> str:
+        """'' without TrainIdSource, else a line on the train-ID receiver, e.g.
+        'train-ID receiver disconnected: serial /dev/ttyUSB0: [Errno 5] ...'. An unplugged
+        receiver never changes the State: the acquisition goes on and the receiver is
+        reopened when it is back."""
+        ctrl = self._controller
+        status = str(getattr(ctrl, "train_status", "") or "") if ctrl is not None else ""
+        if not status:
+            return ""
+        line = f"train-ID receiver {status}"
+        if status.startswith("connected"):
+            train = self._snapshot.get("TrainId", -1)
+            line += f"; last train ID {train}" if train >= 0 else "; no train ID yet"
+        return "\n" + line
+
     def _idle_status(self) -> str:
         return (f"ON: ready to Start (UDP {self.UdpHost}:{self.UdpPort}, layout {self._layout}, "
-                f"summary period {self._period:g} s)")
+                f"summary period {self._period:g} s)" + self._train_status_line())
 
     def _running_status(self) -> str:
         rec = self._snapshot.get("RecordingFile") or ""
         what = f"recording to {rec}" if rec else "not recording"
-        return f"RUNNING: acquiring from UDP {self.UdpHost}:{self.UdpPort}; {what}"
+        return f"RUNNING: acquiring from UDP {self.UdpHost}:{self.UdpPort}; {what}" + self._train_status_line()
 
     def _enter_fault(self, message: str) -> None:
         """Go to FAULT with ``message`` as Status (kept until Init)."""
@@ -316,11 +334,13 @@ class Timepix3(Device):
 
         state = self.get_state()
         push("State", state)
-        push("Status", self.get_status())
+        status = self.get_status()
+        push("Status", status)
         with self._lock:
             snap = dict(self._snapshot)
         for name in SUMMARY_ATTRIBUTES:
             push(name, snap[name])
+        self._last_pushed = {"Status": status, "TrainId": snap["TrainId"]}
         if arrays:
             self._data_ready_counter += 1
             for name in ARRAY_ATTRIBUTES:  # images/spectra: change + data-ready (no archive copies)
@@ -328,6 +348,21 @@ class Timepix3(Device):
                 if stop.is_set():
                     raise _Stopped
                 self.push_data_ready_event(name, self._data_ready_counter)
+
+    def _push_if_changed(self, stop: threading.Event) -> None:
+        """Outside RUNNING: push TrainId and Status when they changed (train IDs keep
+        coming while ON; a receiver unplugged while ON shows in Status)."""
+        with self._lock:
+            train = self._snapshot["TrainId"]
+        status = self.get_status()
+        last = getattr(self, "_last_pushed", {})
+        for name, value in (("TrainId", train), ("Status", status)):
+            if last.get(name) != value:
+                if stop.is_set():
+                    raise _Stopped
+                self.push_change_event(name, value)
+                self.push_archive_event(name, value)
+        self._last_pushed = {"Status": status, "TrainId": train}
 
     def _monitor_loop(self, stop: threading.Event, previous: threading.Thread | None) -> None:
         """The one pushing thread: refresh counters each period, push while RUNNING and on state changes."""
@@ -356,9 +391,13 @@ class Timepix3(Device):
                         self._refresh_preview()
                 if running:
                     self.set_status(self._running_status())
+                elif state == DevState.ON and (period_end or woken):
+                    self.set_status(self._idle_status())
                 if state != last_state or (period_end and running):
                     self._push_all(arrays=running and period_end or state != last_state, stop=stop)
                     last_state = state
+                elif period_end:
+                    self._push_if_changed(stop)
             except _Stopped:
                 break
             except Exception:  # noqa: BLE001 - the monitor must survive; report and go on
@@ -567,7 +606,8 @@ class Timepix3(Device):
         return self._snap("RecordingFile")
 
     @attribute(dtype=tango.DevLong64, label="Train ID", format="%d",
-               doc="Latest train ID from TrainIdSource; -1 when there is none.")
+               doc="Latest European XFEL train ID from TrainIdSource (change events at each summary "
+                   "period while it changes); -1 when there is none.")
     def TrainId(self) -> int:
         return self._snap("TrainId")
 

@@ -60,6 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cent-timewalk", metavar="FILE", help="centroid time-walk table (.npy, ns per ToT bin)")
     p.add_argument("--tot-threshold", type=int, default=0, metavar="COUNTS",
                    help="cluster hits with ToT > COUNTS (25 ns counts; default 0)")
+    p.add_argument("--trainid", metavar="FILE", default=None,
+                   help="train-ID side file (*.trainid.csv) for timing/trainID "
+                        "(default: INPUT.trainid.csv when it exists)")
     p.add_argument("--layout", choices=("auto", "single", "quad"), default="auto",
                    help="pixel layout (auto: quad for a multi-chip .tpx3)")
     p.add_argument("--compression", choices=("blosc-lz4", "lzf", "none"), default="blosc-lz4",
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             cent_timewalk_file=args.cent_timewalk,
             tot_threshold=args.tot_threshold,
             layout=args.layout,
+            trainid_file=args.trainid,
             force=args.force,
             compression=args.compression,
             chunk_words=args.chunk_words,

@@ -44,6 +44,7 @@ processes die with their parent (``PR_SET_PDEATHSIG`` plus a watchdog thread).
 from __future__ import annotations
 
 import ctypes
+import gc
 import math
 import multiprocessing
 import os
@@ -55,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numba
 import numpy as np
 
 from tango_tpx.io.hdf5 import Hdf5Writer
@@ -90,6 +92,7 @@ class ConvertResult:
     triggers: int = 0              # rows of timing/timepix/* (TDC1 rising edges)
     trigger_edges: int = 0         # rows of triggers/trigger1 + trigger2
     centroids: int = 0             # rows of centroided/*
+    train_ids: int = 0             # rows of timing/trainID/* (from the train-ID side file)
     skipped_words: int = 0         # invalid TDC + control/unknown words (counted, skipped)
     trailing_bytes: int = 0        # bytes of a trailing partial word (not decoded)
     seconds: float = 0.0
@@ -118,28 +121,87 @@ class ConvertStatus:
 # --------------------------------------------------------------------------------------------
 # trigger-aligned batches and the workers that turn them into events + centroids
 # --------------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True)
+def _count_before(toa: np.ndarray, cut: int) -> int:
+    """Number of pixels with ``toa < cut`` (fine units)."""
+    n = 0
+    for i in range(toa.size):
+        if toa[i] < cut:
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_split(toa, x, y, tot, chip, cut, lt, o_toa, o_x, o_y, o_tot, o_chip, pos):
+    """Copy the pixels with ``toa < cut`` (``lt`` True) or ``toa >= cut`` (``lt`` False), in
+    their order, to the output columns from index ``pos``; returns the index after the last."""
+    for i in range(toa.size):
+        if (toa[i] < cut) == lt:
+            o_toa[pos] = toa[i]
+            o_x[pos] = x[i]
+            o_y[pos] = y[i]
+            o_tot[pos] = tot[i]
+            o_chip[pos] = chip[i]
+            pos += 1
+    return pos
+
+
+_NO_CUT = np.iinfo(np.int64).max  # "every pixel is before the cut"
+
+
+def _gather_pieces(pieces: list, cut: int, n: int, out: dict | None = None):
+    """The pixels with ``toa < cut`` of ``pieces`` (PixelHits, in order) as one PixelHits of
+    ``n`` pixels: in ``out`` (column name -> array of at least ``n``) or in new arrays."""
+    from tango_tpx.tpx3.hits import PixelHits
+
+    if out is None:
+        if len(pieces) == 1 and cut == _NO_CUT:
+            return pieces[0]
+        out = {"toa": np.empty(n, np.int64), "x": np.empty(n, np.uint16), "y": np.empty(n, np.uint16),
+               "tot": np.empty(n, np.uint16), "chip": np.empty(n, np.uint8)}
+    pos = 0
+    for p in pieces:
+        pos = _copy_split(p.toa, p.x, p.y, p.tot, p.chip, cut, True,
+                          out["toa"], out["x"], out["y"], out["tot"], out["chip"], pos)
+    if pos != n:
+        raise RuntimeError(f"batch holds {pos} pixels, expected {n}")
+    return PixelHits(out["x"][:n], out["y"][:n], out["toa"][:n], out["tot"][:n], out["chip"][:n])
+
+
 @dataclass
 class _Batch:
     """Pixels whose ToA lies in [first trigger, next batch's first trigger) and those triggers.
 
-    pixels: PixelHits (arrival order, time-walk corrected ToA); trig_time: int64 fine units of
-    the TDC1 rising edges of the batch; first_nr: global number of trig_time[0].
+    The pixels are those with ``toa < cut`` of ``pieces`` (PixelHits in arrival order,
+    time-walk corrected ToA, fine units), ``n`` of them; they are gathered only where they
+    go (a shared-memory slot, or new arrays): one copy. trig_time: int64 fine units of the
+    TDC1 rising edges of the batch; first_nr: global number of trig_time[0].
     """
 
-    pixels: Any
+    pieces: list
     trig_time: np.ndarray
     first_nr: int
-    #: optional bool mask over ``pixels`` (the batch is ``pixels[select]``, taken lazily)
-    select: np.ndarray | None = None
+    n: int
+    cut: int = _NO_CUT
+
+    @classmethod
+    def of(cls, pixels, trig_time: np.ndarray, first_nr: int) -> "_Batch":
+        """A batch of all of ``pixels``."""
+        return cls([pixels], trig_time, first_nr, len(pixels))
+
+    @property
+    def pixels(self):
+        """The batch's pixels as one PixelHits (gathered on each access)."""
+        return _gather_pieces(self.pieces, self.cut, self.n)
 
     def materialize(self) -> "_Batch":
-        if self.select is None:
+        if len(self.pieces) == 1 and self.cut == _NO_CUT:
             return self
-        return _Batch(self.pixels.take(self.select), self.trig_time, self.first_nr)
+        return _Batch.of(self.pixels, self.trig_time, self.first_nr)
 
     @property
     def n_pixels(self) -> int:
-        return len(self.pixels) if self.select is None else int(np.count_nonzero(self.select))
+        return self.n
 
 
 @dataclass
@@ -227,12 +289,51 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
+_MMAP_THRESHOLD_MAX = 32 << 20                  # glibc's largest M_MMAP_THRESHOLD (64-bit)
+
+
+def _keep_heap(keep: bool = True) -> None:
+    """glibc only: serve the batch-sized arrays (up to 32 MB) from the heap and keep freed
+    memory there (``keep``), or go back to the defaults and return free memory to the OS.
+
+    By default every array above ~1-32 MB is a fresh ``mmap`` whose pages are faulted in
+    and zeroed by the kernel, and freed memory goes back at once: per batch that was ~15
+    ns/hit of system time in the workers. Kept, the same memory is reused batch after batch
+    (memory stays bounded: the batches have bounded sizes)."""
+    try:
+        libc = ctypes.CDLL(None)
+        if keep:
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+        else:
+            libc.mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+            libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10)
+            libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def _make_calculator(params: dict):
     from tango_tpx.processing.centroids import CentroidCalculator
 
     return CentroidCalculator(cent_timewalk_lut=params["cent_timewalk_lut"], number_of_processes=1,
                               clustering_args=params["clustering_args"],
                               dbscan_clustering=params["dbscan"], tot_threshold=params["tot_threshold"])
+
+
+def _warm_up(params: dict) -> None:
+    """Run a tiny batch through events + clustering, so that numba's kernels are loaded (from
+    its cache, ~0.2 s of CPU per process) before the workers are forked, not once in each."""
+    from tango_tpx.tpx3.hits import PixelHits
+
+    n = 8
+    px = PixelHits(np.full(n, 5, np.uint16), np.arange(n, dtype=np.uint16) % 3 + 5,
+                   np.arange(n, dtype=np.int64) * 4096 + 4096, np.full(n, 10, np.uint16), np.zeros(n, np.uint8))
+    batch = _Batch.of(px, np.zeros(1, np.int64), 0)
+    _process_batch(batch, _make_state(params))
+    slot = _Slot(n, 1)
+    slot.put(_Batch([px], batch.trig_time, 0, _count_before(px.toa, 4096 * 4), 4096 * 4), 3)
 
 
 def _make_state(params: dict) -> dict:
@@ -270,13 +371,9 @@ class _Slot:
         return n_pixels <= self.cap_px and len(batch.trig_time) <= self.cap_tr
 
     def put(self, batch: _Batch, n: int) -> tuple[int, int]:
-        """Copy the batch in (``np.compress`` straight from the pending pixels when masked)."""
-        v, px = self.views, batch.pixels
-        for name, a in (("in:toa", px.toa), ("in:x", px.x), ("in:y", px.y), ("in:tot", px.tot), ("in:chip", px.chip)):
-            if batch.select is None:
-                v[name][:n] = a
-            else:
-                np.compress(batch.select, a, out=v[name][:n])
+        """Copy the batch in, gathered straight from the pending pieces (one pass)."""
+        v = self.views
+        _gather_pieces(batch.pieces, batch.cut, n, {k[3:]: v[k] for k in ("in:toa", "in:x", "in:y", "in:tot", "in:chip")})
         v["in:trig"][:len(batch.trig_time)] = batch.trig_time
         return n, len(batch.trig_time)
 
@@ -285,7 +382,7 @@ class _Slot:
 
         v = self.views
         px = PixelHits(v["in:x"][:n_px], v["in:y"][:n_px], v["in:toa"][:n_px], v["in:tot"][:n_px], v["in:chip"][:n_px])
-        return _Batch(px, v["in:trig"][:n_tr], first_nr)
+        return _Batch.of(px, v["in:trig"][:n_tr], first_nr)
 
     def raw_views(self) -> dict:
         return {k[4:]: a for k, a in self.views.items() if k.startswith("out:")}
@@ -299,6 +396,11 @@ def _worker_loop(conn, params: dict, slots: list) -> None:
     import traceback
 
     _die_with_parent()
+    # a worker only runs numpy/numba on batches: no reference cycles worth collecting, and
+    # what it inherited is never garbage (freeze it: no scans, no copy-on-write of it)
+    gc.freeze()
+    gc.disable()
+    _keep_heap()
     state = _make_state(params)
     while True:
         try:
@@ -357,6 +459,11 @@ class _Workers:
         fork = "fork" in methods and _single_threaded()
         ctx = multiprocessing.get_context("fork" if fork else "forkserver" if "forkserver" in methods else "spawn")
         self.slots = [_Slot(slot_pixels, 1 << 16) for _ in range(2 * self.n)] if fork else []
+        if fork:
+            try:  # compile / load the kernels once here: forked workers inherit them
+                _warm_up(params)
+            except Exception:  # only an optimisation: a real failure is the workers' to report
+                pass
         try:
             for i in range(self.n):
                 parent, child = ctx.Pipe(duplex=True)
@@ -490,7 +597,7 @@ class _Batcher:
             if not len(px) and not len(self.trig_time):
                 return []
             first = int(self.trig_nr[0]) if len(self.trig_nr) else 0
-            batch = _Batch(px, self.trig_time, first)
+            batch = _Batch.of(px, self.trig_time, first)
             self.trig_time, self.trig_nr = self.trig_time[:0], self.trig_nr[:0]
             return [batch]
         if self.n < self.batch_hits:
@@ -502,11 +609,20 @@ class _Batcher:
             self._drop_dead(b, k)
             return []
         cut_t = int(self.trig_time[k])
-        px = self._pending()
-        before = px.toa < cut_t
-        batch = _Batch(px, self.trig_time[:k], int(self.trig_nr[0]) if k else 0, select=before)
-        rest = px.take(~before)
-        self.parts, self.n = ([rest], len(rest)) if len(rest) else ([], 0)
+        # pixels before the cut go out (gathered later, where they go); the rest stays
+        pieces, n_out, rest = self.parts, 0, []
+        for p in pieces:
+            m = _count_before(p.toa, cut_t)
+            n_out += m
+            if m < len(p):
+                r = len(p) - m
+                cols = {"toa": np.empty(r, np.int64), "x": np.empty(r, np.uint16), "y": np.empty(r, np.uint16),
+                        "tot": np.empty(r, np.uint16), "chip": np.empty(r, np.uint8)}
+                _copy_split(p.toa, p.x, p.y, p.tot, p.chip, cut_t, False,
+                            cols["toa"], cols["x"], cols["y"], cols["tot"], cols["chip"], 0)
+                rest.append(type(p)(cols["x"], cols["y"], cols["toa"], cols["tot"], cols["chip"]))
+        batch = _Batch(pieces, self.trig_time[:k], int(self.trig_nr[0]) if k else 0, n_out, cut_t)
+        self.parts, self.n = rest, sum(len(r) for r in rest)
         self.trig_time, self.trig_nr = self.trig_time[k:], self.trig_nr[k:]
         self.last_cut = cut_t
         return [batch]
@@ -561,6 +677,37 @@ def _load_lut(path: str | os.PathLike | None) -> np.ndarray | None:
     return load_timewalk_lut(path)
 
 
+def _load_train_ids(input_path: Path, trainid_file) -> tuple[np.ndarray | None, str, list[str]]:
+    """Train IDs to write to ``timing/trainID``: (TRAINID_DTYPE array or None, source path, warnings).
+
+    ``trainid_file`` None: the live pipeline's side file ``<input>.trainid.csv`` when it
+    exists (a malformed one is skipped with a warning); a path: that file, which must exist
+    and be well formed (``FileNotFoundError`` / :class:`ConversionError`); ``False``: none.
+    """
+    from tango_tpx.trainid.protocol import SIDE_FILE_SUFFIX, read_side_file, side_file_path
+
+    if trainid_file is False:
+        return None, "", []
+    explicit = trainid_file is not None and trainid_file != ""
+    path = Path(trainid_file) if explicit else side_file_path(input_path)
+    if not path.exists():
+        if explicit:
+            raise FileNotFoundError(f"{path}: train-ID file not found")
+        return None, "", []
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: train-ID file is a directory")
+    if not path.name.endswith(SIDE_FILE_SUFFIX):
+        # read_side_file treats any other name as the raw file the side file belongs to
+        raise ConversionError(f"{path}: a train-ID side file must be named *{SIDE_FILE_SUFFIX}")
+    try:
+        arr = read_side_file(path)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        if explicit:
+            raise ConversionError(f"{path}: unreadable train-ID file: {exc}") from None
+        return None, "", [f"train-ID side file {path} skipped: {exc}"]
+    return arr, str(path.resolve()), []
+
+
 def _check_window(event_window) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in event_window)
@@ -569,6 +716,21 @@ def _check_window(event_window) -> tuple[float, float]:
     if math.isnan(lo) or math.isnan(hi) or lo < 0 or hi < lo:
         raise ConversionError(f"event window must satisfy 0 <= min <= max (s), got ({lo}, {hi})")
     return lo, hi
+
+
+class _Restore:
+    """Undo the conversion's process tuning on exit: garbage collector, malloc settings."""
+
+    def __init__(self, gc_enabled: bool):
+        self.gc_enabled = gc_enabled
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _keep_heap(False)
+        if self.gc_enabled:
+            gc.enable()
 
 
 class _TermToInterrupt:
@@ -605,6 +767,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                  compression: str = "blosc-lz4",
                  chunk_words: int = DEFAULT_CHUNK_WORDS,
                  batch_hits: int = DEFAULT_BATCH_HITS,
+                 trainid_file: str | os.PathLike | bool | None = None,
                  progress_callback: Callable[[float], Any] | None = None,
                  status_callback: Callable[[ConvertStatus], Any] | None = None,
                  ) -> ConvertResult:
@@ -621,6 +784,11 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
     clustering_args: pymepix ``clustering_args`` keys (see ``CentroidCalculator``).
     tot_threshold: keep hits with ToT > threshold for clustering (ToT counts).
     layout: 'auto' (quad for multi-chip .tpx3), 'single' or 'quad'.
+    trainid_file: train IDs for ``timing/trainID`` (host time stamps ns, train id, beam mode):
+        None = the side file ``<input>.trainid.csv`` written by the live pipeline, if present
+        (a malformed one is skipped with a warning); a path = that ``*.trainid.csv`` file
+        (must exist and be well formed); False = none. Recorded in the file attributes
+        ``trainid_file`` (absolute path or '') and ``trainid_rows``.
     progress_callback(fraction 0..1) after every chunk; status_callback(ConvertStatus) too.
 
     Raises FileNotFoundError / IsADirectoryError / ValueError for an unreadable input,
@@ -650,6 +818,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
         raise ConversionError(f"layout must be 'auto', 'single' or 'quad', not {layout!r}")
     tw_lut = _load_lut(timewalk_file)
     cent_lut = _load_lut(cent_timewalk_file)
+    train_ids, trainid_src, trainid_warnings = _load_train_ids(in_path, trainid_file)
 
     from tango_tpx.processing import events as events_mod
     from tango_tpx.tpx3.codec import Decoded, Decoder
@@ -670,6 +839,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
 
     result = ConvertResult(input=str(in_path.resolve()), output=str(out_path.resolve()),
                            trailing_bytes=info.trailing_bytes)
+    result.warnings.extend(trainid_warnings)
     if info.trailing_bytes:
         result.warnings.append(f"{info.trailing_bytes} trailing bytes after the last whole word were skipped")
     attrs = {
@@ -691,12 +861,19 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
         "timewalk_unit": "ns per ToT bin (lut[i] for ToT = (i + 1) * 25 ns)",
         "number_of_processes": int(number_of_processes),
         "chunk_words": int(chunk_words),
+        "trainid_file": trainid_src,
+        "trainid_rows": 0 if train_ids is None else int(len(train_ids)),
     }
 
     partial = partial_path(out_path)
     workers = None
     writer = None
-    with _TermToInterrupt():
+    # the loop makes no reference cycles; the collector would only rescan the caller's
+    # (numba's) many objects again and again: pause it, and keep batch memory in the heap
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    _keep_heap()
+    with _TermToInterrupt(), _Restore(gc_was_enabled):
         try:
             pixel_stats = dict.fromkeys(_PIXEL_STATS, 0)
 
@@ -712,6 +889,9 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
             # workers first (forked before the HDF5 file is open)
             workers = _Workers(params, number_of_processes, write, slot_pixels=batch_hits + chunk_words)
             writer = Hdf5Writer(partial, attrs, overwrite=True, compression=compression)
+            if train_ids is not None and len(train_ids):
+                writer.append_train_ids(train_ids)
+                result.train_ids = int(len(train_ids))
             batcher = _Batcher(batch_hits, slack, (0, hi_units))
             words_done = 0
             n_total = max(info.n_words, 1)

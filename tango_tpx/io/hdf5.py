@@ -317,7 +317,11 @@ class Hdf5Writer:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be >= 1")
         comp = compression_kwargs(compression)
-        self._file = h5py.File(self.path, "w" if overwrite else "w-")
+        # no chunk cache: the tables write whole chunks, which then go straight through the
+        # filter to the file instead of being copied into (and evicted from) the cache
+        # (measured: -15 % CPU, -35 % wall for Blosc/LZ4); only the last, partial chunk of a
+        # table (at flush/close) is read back and rewritten
+        self._file = h5py.File(self.path, "w" if overwrite else "w-", rdcc_nbytes=0)
         try:
             f = self._file
             f.attrs["complete"] = False

@@ -35,7 +35,8 @@ from .counters import CTRL_DRAIN, CTRL_FORCE, SharedCounters, SharedPreview
 from .messages import MessageType, decode_frames
 from .packetprocessor import PipelinePacketProcessor
 from .stage import AcquisitionStage
-from .udpsampler import UdpSampler
+from .shmring import RawRing
+from .udpsampler import DEFAULT_CHUNK_BYTES, MAX_DATAGRAM, UdpSampler
 
 DATA_TYPES = frozenset({MessageType.PixelData, MessageType.TriggerData, MessageType.EventData,
                         MessageType.CentroidData})
@@ -47,6 +48,9 @@ DRAIN_S = 2.5
 PUB_LINGER_MS = 300
 #: stage classes whose kernels this process has loaded (see BasePipelineObject.warm_up)
 _warm: set = set()
+#: slots of the shared raw ring between the UDP receiver and the decoder (each one chunk,
+#: ~4 MiB: 48 slots buffer ~0.3 s of a full chip; pages are only used once touched)
+RAW_RING_SLOTS = 48
 
 
 class _Collector(threading.Thread):
@@ -146,6 +150,7 @@ class AcquisitionPipeline:
         self._pub: zmq.Socket | None = None
         self._run_dir: str | None = None
         self.recording_file = ""
+        self._rings: list[RawRing] = []
 
     # -- pymepix API ----------------------------------------------------------------------
     def addStage(self, stage_number: int, pipeline_klass: type, *args: Any, num_processes: int = 1,
@@ -184,6 +189,15 @@ class AcquisitionPipeline:
             else:
                 inputs.append([transport.ipc_address(run, f"s{i}-{k}") for k in range(s.numProcess)])
         collector = transport.ipc_address(run, "collector")
+        self._rings = []
+        settings: list[dict] = [{} for _ in self._stages]
+        for i, s in enumerate(self._stages[:-1]):
+            nxt = self._stages[i + 1]
+            if getattr(s.klass, "uses_raw_ring", False) and getattr(nxt.klass, "raw_ring_ok", False):
+                chunk = max(MAX_DATAGRAM, int(s._kwargs.get("chunk_bytes", DEFAULT_CHUNK_BYTES)))
+                ring = RawRing(RAW_RING_SLOTS, chunk + MAX_DATAGRAM)
+                self._rings.append(ring)
+                settings[i]["raw_ring"] = settings[i + 1]["raw_ring"] = ring
         for i, s in enumerate(self._stages):
             nxt = self._stages[i + 1] if i + 1 < len(self._stages) else None
             down_types = frozenset(nxt.klass.accepts) if nxt is not None else frozenset()
@@ -194,7 +208,7 @@ class AcquisitionPipeline:
                 expected_eos=self._stages[i - 1].numProcess if i else 0,
                 down_addresses=list(inputs[i + 1]) if nxt is not None else [],
                 down_types=down_types, collector_address=collector, forward_types=forward,
-                stage_slot=i, next_slot=i + 1, worker_index=k,
+                stage_slot=i, next_slot=i + 1, worker_index=k, settings=settings[i],
             ) for k in range(s.numProcess)]
         self._collector_address = collector
 
@@ -411,6 +425,9 @@ class AcquisitionPipeline:
             self._pub, self._pub_ctx = None, None
         for s in self._stages:
             s.release()
+        for ring in self._rings:
+            ring.close()
+        self._rings = []
         if self._run_dir:
             transport.remove_run_dir(self._run_dir)
             self._run_dir = None

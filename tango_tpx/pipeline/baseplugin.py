@@ -28,6 +28,7 @@ import zmq
 from . import transport
 from .counters import CTRL_DRAIN, CTRL_FORCE, SharedCounters, SharedPreview
 from .messages import MessageType, encode_frames
+from .shmring import META_BYTES, META_SLOT
 
 #: poll period of stage loops (s): bounds the reaction time to stop/orphan checks.
 POLL_S = 0.05
@@ -68,6 +69,9 @@ class BasePipelineObject(mp.Process):
 
     #: message types this stage consumes (used to route the previous stage's output).
     accepts: frozenset = frozenset()
+    #: True: ``RawData`` may arrive as a slot of the shared raw ring (see :mod:`.shmring`);
+    #: ``process`` gets a read-only view valid until it returns (copy what you keep).
+    raw_ring_ok: bool = False
 
     def __init__(self, name: str, input_queue: str | None = None, create_output: bool = True,
                  num_outputs: int = 1, shared_output: Any = None, wiring: StageWiring | None = None,
@@ -259,6 +263,7 @@ class BasePipelineObject(mp.Process):
         w = self.wiring
         poller = zmq.Poller()
         poller.register(self._in, zmq.POLLIN)
+        ring = w.settings.get("raw_ring") if self.raw_ring_ok else None
         eos = 0
         while True:
             if self._forced():
@@ -276,6 +281,15 @@ class BasePipelineObject(mp.Process):
                 continue
             w.counters.stage_taken(w.stage_slot)
             self.current_seq, self.current_meta = seq, meta
-            out = self.process(mtype, data)
+            slot = meta.get(META_SLOT, -1) if (ring is not None and mtype == MessageType.RawData) else -1
+            if slot >= 0:
+                try:
+                    data = ring.view(slot, int(meta.get(META_BYTES, 0)))
+                    out = self.process(mtype, data)
+                finally:
+                    data = None
+                    ring.release(slot)
+            else:
+                out = self.process(mtype, data)
             if out is not None and out[0] is not None:
                 self.pushOutput(out[0], out[1])

@@ -37,6 +37,7 @@ class PipelinePacketProcessor(BasePipelineObject):
     """
 
     accepts = frozenset({MessageType.RawData})
+    raw_ring_ok = True        # raw chunks are decoded (or the carry copied) inside process()
 
     def __init__(self, packet_processor: Any = None, input_queue=None, create_output: bool = True,
                  num_outputs: int = 1, shared_output=None, *, use_events: bool = False,

@@ -1,10 +1,14 @@
 """UdpSampler: receive SPIDR UDP datagrams and hand off large raw chunks (pymepix name).
 
-The receive loop does nothing but ``recvmsg_into`` straight into a large preallocated
+The receive loop does nothing but ``recv_into`` straight into a large preallocated
 buffer (datagram boundaries are irrelevant to decoding) and hand the filled buffer off,
-without copying, to the decoder stage (ZeroMQ, non-blocking: if the decoder cannot keep
-up the chunk is counted in ``handoff_dropped_bytes``) and to the recording thread
-(:class:`~tango_tpx.pipeline.raw2disk.Raw2Disk`). A chunk is handed off when it holds
+without copying, to the decoder stage and to the recording thread
+(:class:`~tango_tpx.pipeline.raw2disk.Raw2Disk`). When the pipeline provides a shared
+:class:`~tango_tpx.pipeline.shmring.RawRing` (the decoder stage declares
+``raw_ring_ok``), the buffers are ring slots in shared memory and only the slot number
+travels over ZeroMQ; otherwise (or when every slot is still in use) the chunk itself is
+sent as a zero-copy ZeroMQ frame. Hand-offs are non-blocking: if the decoder cannot keep
+up the chunk is counted in ``handoff_dropped_bytes``. A chunk is handed off when it holds
 ``chunk_bytes`` bytes or ``chunk_size`` datagrams, or ``flush_timeout`` s after its first
 datagram.
 
@@ -30,6 +34,7 @@ from .baseplugin import BasePipelineObject
 from .counters import CTRL_DRAIN, CTRL_FORCE
 from .messages import MessageType, encode_frames
 from .raw2disk import Raw2Disk
+from .shmring import META_BYTES, META_SLOT
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
@@ -77,15 +82,18 @@ def open_udp_socket(host: str, port: int, rcvbuf: int = DEFAULT_RCVBUF) -> tuple
 
 
 class _Buffer:
-    """One receive buffer of the pool (reused once ZeroMQ and the recorder released it)."""
+    """One receive buffer: a shared ring slot (``ring_index`` >= 0) or a private array of
+    the pool; reused once the decoder (ring flag or ZeroMQ tracker) and the recorder
+    released it."""
 
-    __slots__ = ("buf", "mv", "tracker", "writing")
+    __slots__ = ("buf", "mv", "tracker", "writing", "ring_index")
 
-    def __init__(self, nbytes: int) -> None:
-        self.buf = np.empty(nbytes, np.uint8)
+    def __init__(self, nbytes: int = 0, array: np.ndarray | None = None, ring_index: int = -1) -> None:
+        self.buf = np.empty(nbytes, np.uint8) if array is None else array
         self.mv = memoryview(self.buf)
         self.tracker = None
         self.writing = False
+        self.ring_index = ring_index
 
     def written(self) -> None:          # called by the recording thread
         self.writing = False
@@ -101,6 +109,8 @@ class UdpSampler(BasePipelineObject):
     """
 
     accepts = frozenset()
+    #: receives into the shared raw ring when the next stage accepts it (see :mod:`.shmring`)
+    uses_raw_ring = True
 
     def __init__(self, address: tuple[str, int], longtime: Any = None, chunk_size: int = 10000,
                  flush_timeout: float = 0.3, input_queue=None, create_output: bool = True,
@@ -204,12 +214,21 @@ class UdpSampler(BasePipelineObject):
             slot.writing = True
             self.raw2disk.put(chunk, slot)
         if self._down:
+            ring, ri = self._ring, slot.ring_index
             try:
-                slot.tracker = self._down[0].send_multipart(
-                    encode_frames(MessageType.RawData, chunk, self._seq), flags=zmq.NOBLOCK,
-                    copy=False, track=True)
+                if ri >= 0:
+                    ring.acquire(ri)
+                    self._down[0].send_multipart(
+                        encode_frames(MessageType.RawData, None, self._seq, {META_SLOT: ri, META_BYTES: nbytes}),
+                        flags=zmq.NOBLOCK, copy=False)
+                else:
+                    slot.tracker = self._down[0].send_multipart(
+                        encode_frames(MessageType.RawData, chunk, self._seq), flags=zmq.NOBLOCK,
+                        copy=False, track=True)
                 c.stage_sent(self.wiring.next_slot)
             except zmq.Again:
+                if ri >= 0:
+                    ring.release(ri)
                 c.add("handoff_dropped_bytes", nbytes)
         self._seq += 1
         c.add("chunks", 1)
@@ -218,7 +237,12 @@ class UdpSampler(BasePipelineObject):
         return self._free_buffer()
 
     def _free_buffer(self) -> "_Buffer":
-        """A pooled buffer nobody uses any more (sent by ZeroMQ, written to disk), or a new one."""
+        """The first free ring slot (lowest index: a small working set), else a pooled
+        buffer nobody uses any more (sent by ZeroMQ, written to disk), else a new one."""
+        ring = self._ring
+        for b in self._ring_bufs:
+            if not b.writing and not ring.busy[b.ring_index]:
+                return b
         for b in self._pool:
             if not b.writing and (b.tracker is None or b.tracker.done):
                 b.tracker = None
@@ -259,6 +283,12 @@ class UdpSampler(BasePipelineObject):
         poll.register(sock.fileno(), select.POLLIN)
 
         self._pool: list[_Buffer] = []
+        self._ring = self.wiring.settings.get("raw_ring") if self._down else None
+        self._ring_bufs: list[_Buffer] = []
+        if self._ring is not None and self._ring.slot_bytes >= self.chunk_bytes + MAX_DATAGRAM:
+            self._ring_bufs = [_Buffer(array=self._ring.slot(i), ring_index=i) for i in range(self._ring.n_slots)]
+        else:
+            self._ring = None
         slot = self._free_buffer()
         mv = slot.mv
         off = ndg = 0

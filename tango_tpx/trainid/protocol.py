@@ -375,11 +375,11 @@ TRAINID_DATASETS: dict[str, str] = {
     "train_id": f"{TRAINID_GROUP}/train id",
     "beam_mode": f"{TRAINID_GROUP}/beam mode",
 }
-#: (dtype, unit, description) per column.
+#: (dtype, unit, description) per column; units as in :mod:`tango_tpx.io.hdf5` ("" = dimensionless).
 TRAINID_LAYOUT: dict[str, tuple[str, str, str]] = {
     "timestamp": ("<u8", "ns", "host wall clock when the frame was read, ns since the Unix epoch"),
-    "train_id": ("<u8", "1", "European XFEL train ID (one per 100 ms train)"),
-    "beam_mode": ("<u4", "1", "beam-mode word of the European XFEL timing system"),
+    "train_id": ("<u8", "", "European XFEL train ID (one per 100 ms train)"),
+    "beam_mode": ("<u4", "", "beam-mode word of the European XFEL timing system"),
 }
 _COLUMN_FIELD = {"timestamp": "timestamp_ns", "train_id": "train_id", "beam_mode": "beam_mode"}
 

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 import tty
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -605,6 +606,31 @@ class SimCounts:
     write_drops: int = 0           # writes lost because the pty buffer was full
 
 
+#: Simulated receivers alive in this process (their pty fds are closed in forked children).
+_LIVE_SIMULATORS: "weakref.WeakSet[SimulatedReceiver]" = weakref.WeakSet()
+
+
+def _close_sim_fds_after_fork() -> None:
+    """In a forked child (a pipeline stage, a DeviceTestContext server) drop the copies
+    of every simulator's pty fds: a child keeping the master open would hide ``unplug()``
+    from readers (the pty slave reports EIO only once every master fd is closed). No lock
+    is taken: the thread that might hold it does not exist in the child."""
+    for sim in list(_LIVE_SIMULATORS):
+        fds = (sim._master, sim._slave)
+        sim._master = sim._slave = None
+        sim._lock = threading.Lock()
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_sim_fds_after_fork)
+
+
 class SimulatedReceiver:
     """A fake XFEL timing receiver on a pty.
 
@@ -637,6 +663,7 @@ class SimulatedReceiver:
         self._thread: threading.Thread | None = None
         self.done = threading.Event()   # set when max_frames ticks have passed
         self._plug()
+        _LIVE_SIMULATORS.add(self)
 
     # ---- pty handling
     def _plug(self) -> None:

@@ -12,6 +12,7 @@ from tango_tpx.tpx3.files import (
     frame_tpx3,
     inspect_file,
     iter_words,
+    map_words,
     quad_map,
     quad_to_frame,
     read_words,
@@ -206,3 +207,20 @@ def test_quad_errors():
         quad_to_frame([0], [0], [4])
     with pytest.raises(ValueError, match="0..255"):
         quad_to_frame([256], [0], [0])
+
+
+@needs_captures
+def test_memory_map_equals_streamed_words_and_skips_header():
+    for name, offset in (("centroid_pipeline_test.raw", 8), ("out_5sec.raw", 0)):
+        path = CAPTURES / name
+        mapped = map_words(path)
+        expected = np.fromfile(path, dtype="<u8", offset=offset)
+        assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+        np.testing.assert_array_equal(mapped, expected)
+        np.testing.assert_array_equal(mapped, np.concatenate(list(iter_words(path, chunk_words=1000))))
+
+
+def test_memory_map_leaves_out_trailing_partial_word(tmp_path):
+    p = tmp_path / "t.raw"
+    p.write_bytes(np.array([0xB000000000000001, 0xB000000000000002], "<u8").tobytes() + b"\x01\x02\x03")
+    assert map_words(p).tolist() == [0xB000000000000001, 0xB000000000000002]

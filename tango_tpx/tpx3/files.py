@@ -155,6 +155,16 @@ def iter_words(
             pos += n
 
 
+def map_words(path: str | os.PathLike) -> np.ndarray:
+    """Read-only memory map of all whole words of a raw/.tpx3 file (after the pymepix header).
+
+    Zero-copy and lazily paged by the OS, so files larger than RAM can be sliced freely
+    (e.g. ``Decoder().decode(map_words(p)[i:j])``); a trailing partial word is left out.
+    """
+    info = inspect_file(path)
+    return np.memmap(info.path, dtype="<u8", mode="r", offset=info.data_offset, shape=(info.n_words,))
+
+
 def read_words(path: str | os.PathLike) -> np.ndarray:
     """All words of a (small) file in memory, see :func:`iter_words`."""
     parts = list(iter_words(path))

@@ -1,18 +1,28 @@
 """Live pipeline benchmark: simulator -> UDP (loopback) -> pipeline, at increasing rates.
 
-For each configuration the sender (its own process) replays a simulated SPIDR stream at a
-paced hit rate for ``--duration`` s; a rate passes when nothing is lost: kernel drops 0,
-nothing dropped at the hand-off, hits decoded == hits sent (and, with centroiding, every
-event hit centroided within ``--drain`` s after the sender stopped). Reported: the highest
-passing rate (Mhits/s) of
+For each configuration a sender process replays a simulated SPIDR stream (8 KiB datagrams,
+``sendmmsg`` bursts) at a paced hit rate for ``--duration`` s; a rate passes when nothing is
+lost: kernel drops 0, nothing dropped at the hand-off, hits decoded == hits sent, recording
+complete (and, with centroiding, every event hit centroided) within ``--drain`` s after the
+sender stopped. Reported: the highest passing rate (Mhits/s) of
 
 * baseline: a plain single-process ``recv_into`` loop (counts bytes only),
 * (a) PixelPipeline with recording to a .raw file,
 * (b) CentroidPipeline with 2 centroid processes (fast clustering),
 
-and the ratio of (a), (b) to the baseline. The stream is re-timed on every replay (pixel and
-TDC time fields advanced by the loop period, global-time words removed) so that times keep
-increasing as in a real run. The last line printed is one JSON object with all figures.
+and the ratio of (a), (b) to the baseline. With the sender on the same 2 cores the wall-clock
+figures are capped by the machine, so every step also reports CPU use per process (sender,
+receiver, decoder, centroid workers: ``/proc`` times, in cores = CPU s per s) and the
+CPU-based capacity ``cores / (pipeline CPU s per Mhit)`` (the rate at which the pipeline's
+processes alone would fill the machine). ``receiver capacity`` steps measure the receiving
+side without a concurrent sender: the receiver is paused (SIGSTOP), a pre-generated burst is
+sent into the socket buffer as fast as possible, then the receiver resumes and the time to
+decode (and record / centroid) everything gives the rate.
+
+The stream is re-timed on every replay (pixel and TDC time fields advanced by the loop
+period, global-time words removed) so that times keep increasing as in a real run. The
+load average is printed before and after. The last line printed is one JSON object with
+all figures.
 
 Run: ``.venv/bin/python benchmarks/live.py [--duration 20] [--quick]``.
 """
@@ -24,6 +34,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -38,6 +49,8 @@ from tango_tpx.simulator import SimConfig, simulate
 from tango_tpx.simulator.udpsend import BatchSender
 
 PAYLOAD = 8192
+#: share of the granted socket buffer a capacity burst may fill (kernel overhead per datagram)
+FILL = float(os.environ.get("TPX_BENCH_FILL", "0.6"))
 TICKS_PER_SPIDR = 1 << 14       # one SPIDR time-stamp unit = 2^14 coarse ticks of 25 ns
 
 
@@ -78,15 +91,18 @@ def make_stream(rate_mhits: float, duration_s: float, seed: int = 7):
 
 
 def sender(port: int, words: np.ndarray, hits_per_loop: int, d_ticks: int, d_count: int,
-           rate_mhits: float, duration_s: float, result: mp.Queue, use_mmsg: bool = True) -> None:
-    """Replay ``words`` at ``rate_mhits`` (wall clock; ``rate_mhits`` <= 0: as fast as
-    possible) for ``duration_s`` in datagrams of PAYLOAD bytes, in bursts sent with
-    ``sendmmsg`` (:class:`BatchSender`); report what was sent and the sender's CPU time."""
+           rate_mhits: float, duration_s: float, result: mp.Queue, use_mmsg: bool = True,
+           max_bytes: int = 0) -> None:
+    """Replay ``words`` at ``rate_mhits`` (wall clock; <= 0: as fast as possible) for
+    ``duration_s`` (or until ``max_bytes`` were sent, if > 0) in datagrams of PAYLOAD bytes,
+    sent in bursts of up to 64 with ``sendmmsg`` (:class:`BatchSender`); reports what was
+    sent and the sender's CPU time (s)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     tx = BatchSender(sock, ("127.0.0.1", port), use_mmsg=use_mmsg)
     bytes_per_hit = words.nbytes / hits_per_loop
     rate_bytes = rate_mhits * 1e6 * bytes_per_hit if rate_mhits > 0 else float("inf")
+    limit = int(max_bytes) if max_bytes > 0 else 1 << 62
     buf = np.empty_like(words)
     raw = buf.view(np.uint8)
     n = raw.size
@@ -103,14 +119,14 @@ def sender(port: int, words: np.ndarray, hits_per_loop: int, d_ticks: int, d_cou
         pos = 0
         while pos < n:
             now = time.perf_counter()
-            if now >= stop_at:
+            if now >= stop_at or sent_bytes >= limit:
                 done = True
                 break
-            allowed = (now - t0) * rate_bytes - sent_bytes
-            if allowed < PAYLOAD:       # ahead of the schedule: wait for ~1 burst of time
-                time.sleep(min(0.002, (PAYLOAD - allowed) / rate_bytes))
+            allowed = min((now - t0) * rate_bytes - sent_bytes, limit - sent_bytes)
+            if allowed < PAYLOAD and sent_bytes + PAYLOAD <= limit:
+                time.sleep(min(0.002, (PAYLOAD - allowed) / rate_bytes))   # ahead of schedule
                 continue
-            burst = min(n - pos, max_burst, int(min(allowed, 1e12) // PAYLOAD) * PAYLOAD)
+            burst = min(n - pos, max_burst, max(PAYLOAD, int(allowed // PAYLOAD) * PAYLOAD))
             k = tx.send_uniform(raw, pos, pos + burst, PAYLOAD)
             pos += k
             sent_bytes += k
@@ -128,14 +144,75 @@ def sender(port: int, words: np.ndarray, hits_per_loop: int, d_ticks: int, d_cou
                     cpu_s=time.process_time() - c0))
 
 
+# ---- CPU accounting ------------------------------------------------------------------------
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU s (user + system) used so far by every thread of process ``pid`` (0 if gone)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return 0.0
+    v = f[f.rindex(")") + 2:].split()
+    return (int(v[11]) + int(v[12])) / _CLK
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU s of the whole machine so far (/proc/stat, all cores)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    total = sum(v[:8])
+    return (total - v[3] - v[4]) / _CLK, total / _CLK
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class CpuMeter:
+    """CPU s per named group of processes between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+
+    def _read(self) -> dict[str, float]:
+        return {g: sum(proc_cpu_s(p) for p in pids) for g, pids in self.groups.items()}
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.c0 = self._read()
+        self.m0 = machine_cpu_s()
+
+    def stop(self) -> dict[str, float]:
+        c1, m1 = self._read(), machine_cpu_s()
+        out = {g: c1[g] - self.c0[g] for g in c1}
+        out["machine_busy"] = m1[0] - self.m0[0]
+        out["wall"] = time.perf_counter() - self.t0
+        return out
+
+
+def stage_pids(pipe) -> dict[str, list[int]]:
+    """pids of the pipeline's processes by role: receiver, decoder, centroid."""
+    roles = {"UdpSampler": "receiver", "PipelinePacketProcessor": "decoder",
+             "PipelineCentroidCalculator": "centroid"}
+    out: dict[str, list[int]] = {}
+    for st in pipe.stages:
+        for p in st.processes:
+            out.setdefault(roles.get(type(p).__name__, type(p).__name__), []).append(p.pid)
+    out["collector"] = [os.getpid()]
+    return out
+
+
+# ---- receivers -----------------------------------------------------------------------------
 def baseline_receiver(port: int, ready, stop, result) -> None:
-    """The baseline: one process, recv_into a buffer, count bytes; drops from SO_RXQ_OVFL."""
+    """The baseline: one process, recv_into a buffer, count bytes; drops from /proc/net/udp."""
     sock, _ = open_udp_socket("127.0.0.1", port)
     sock.setblocking(True)
     sock.settimeout(0.2)
     buf = bytearray(65536)
     n = 0
     ready.set()
+    c0 = time.process_time()
     while not stop.is_set():
         try:
             n += sock.recv_into(buf)
@@ -143,7 +220,7 @@ def baseline_receiver(port: int, ready, stop, result) -> None:
             continue
     drops = proc_udp_drops(port)
     sock.close()
-    result.put(dict(bytes=n, drops=drops))
+    result.put(dict(bytes=n, drops=drops, cpu_s=time.process_time() - c0))
 
 
 def proc_udp_drops(port: int) -> int:
@@ -168,11 +245,16 @@ def free_port() -> int:
     return p
 
 
-def run_sender(port, stream, rate, duration):
+def start_sender(port, stream, rate, duration, max_bytes=0):
     words, hits, d_ticks, d_count = stream
     q = mp.Queue()
-    p = mp.Process(target=sender, args=(port, words, hits, d_ticks, d_count, rate, duration, q), daemon=True)
+    p = mp.Process(target=sender, args=(port, words, hits, d_ticks, d_count, rate, duration, q, True, max_bytes),
+                   daemon=True)
     p.start()
+    return p, q
+
+
+def finish_sender(p, q, duration):
     res = q.get(timeout=duration + 60)
     p.join(5)
     return res
@@ -184,57 +266,42 @@ def trial_baseline(stream, rate, duration):
     r = mp.Process(target=baseline_receiver, args=(port, ready, stop, q), daemon=True)
     r.start()
     ready.wait(10)
-    sent = run_sender(port, stream, rate, duration)
+    sent = finish_sender(*start_sender(port, stream, rate, duration), duration)
     time.sleep(0.5)
     stop.set()
     got = q.get(timeout=10)
     r.join(5)
     ok = got["bytes"] == sent["bytes"] and got["drops"] == 0
-    return ok, dict(sent_mhits=sent["hits"] / sent["seconds"] / 1e6, recv_bytes=got["bytes"],
-                    sent_bytes=sent["bytes"], drops=got["drops"])
+    secs = sent["seconds"]
+    return ok, dict(sent_mhits=sent["hits"] / secs / 1e6, recv_bytes=got["bytes"], sent_bytes=sent["bytes"],
+                    drops=got["drops"], cpu_cores=dict(sender=round(sent["cpu_s"] / secs, 3),
+                                                       receiver=round(got["cpu_s"] / secs, 3)))
 
 
-def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir):
-    port = free_port()
+def _make_pipe(kind: str, port: int, flush_timeout: float = 0.3):
     if kind == "pixel_rec":
-        pipe = PixelPipeline(None, ("127.0.0.1", port), None, use_event=False)
-    else:
-        pipe = CentroidPipeline(None, ("127.0.0.1", port), None, num_processes=2)
-    pipe.start()
-    path = None
-    try:
-        if kind == "pixel_rec":
-            path = pipe.open_file(os.path.join(tmpdir, f"bench-{rate}.raw"))
-        t0 = time.perf_counter()
-        sent = run_sender(port, stream, rate, duration)
-        c = pipe.counters
+        return PixelPipeline(None, ("127.0.0.1", port), None, use_event=False, flush_timeout=flush_timeout)
+    return CentroidPipeline(None, ("127.0.0.1", port), None, num_processes=2, flush_timeout=flush_timeout)
 
-        def settled():
-            done = c.get("hits") >= sent["hits"] and c.get("bytes") >= sent["bytes"]
-            if kind == "centroid":
-                done = done and c.worker_total("hits_in") >= c.get("events")
-            return done
 
-        end = time.monotonic() + drain_s
-        while time.monotonic() < end and not settled():
-            time.sleep(0.05)
-        lag = time.perf_counter() - t0 - sent["seconds"]
-        if path:
-            pipe.close_file()
-        snap = c.snapshot()
-    finally:
-        pipe.stop()
-        if path and os.path.exists(path):
-            os.unlink(path)
+def _settled(kind, c, hits, nbytes, recording) -> bool:
+    done = c.get("hits") >= hits and c.get("bytes") >= nbytes
+    if recording:
+        done = done and c.get("recorded_bytes") + c.get("record_dropped_bytes") >= nbytes
+    if kind == "centroid":
+        done = done and c.worker_total("hits_in") >= c.get("events")
+    return done
+
+
+def _verdict(kind, snap, sent, fault):
     ok = (snap["kernel_drops"] == 0 and snap["handoff_dropped_bytes"] == 0 and snap["hits"] == sent["hits"]
-          and snap["bytes"] == sent["bytes"] and pipe.fault() is None)
+          and snap["bytes"] == sent["bytes"] and fault is None)
     if kind == "pixel_rec":
         ok = ok and snap["record_dropped_bytes"] == 0 and snap["recorded_bytes"] == sent["bytes"]
     else:
         ok = ok and snap["hits_in"] >= snap["events"]
-    info = dict(sent_mhits=sent["hits"] / sent["seconds"] / 1e6, hits_sent=sent["hits"], hits=snap["hits"],
-                kernel_drops=snap["kernel_drops"], handoff_dropped=snap["handoff_dropped_bytes"],
-                lag_s=round(lag, 2), fault=pipe.fault())
+    info = dict(hits_sent=sent["hits"], hits=snap["hits"], kernel_drops=snap["kernel_drops"],
+                handoff_dropped=snap["handoff_dropped_bytes"], fault=fault)
     if kind == "pixel_rec":
         info.update(recorded=snap["recorded_bytes"], record_dropped=snap["record_dropped_bytes"])
     else:
@@ -242,8 +309,100 @@ def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir):
     return ok, info
 
 
+def _cpu_figures(cpu: dict, hits: int, secs: float, sender_cpu_s: float) -> dict:
+    """Cores per role over ``secs`` and the CPU-based capacities (Mhits/s) on this machine."""
+    cores = os.cpu_count() or 1
+    roles = [k for k in cpu if k not in ("machine_busy", "wall")]
+    pipe_s = sum(cpu[k] for k in roles)
+    mhits = max(hits, 1) / 1e6
+    out = {k: round(cpu[k] / secs, 3) for k in roles}
+    out["sender"] = round(sender_cpu_s / secs, 3)
+    out["machine_busy"] = round(cpu["machine_busy"] / cpu["wall"], 3)
+    return dict(cpu_cores=out, pipeline_cpu_s_per_mhit=round(pipe_s / mhits, 4),
+                cpu_capacity_mhits=round(cores / (pipe_s / mhits), 1),
+                cpu_capacity_with_sender_mhits=round(cores / ((pipe_s + sender_cpu_s) / mhits), 1))
+
+
+def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir):
+    port = free_port()
+    pipe = _make_pipe(kind, port)
+    pipe.start()
+    path = None
+    try:
+        if kind == "pixel_rec":
+            path = pipe.open_file(os.path.join(tmpdir, f"bench-{rate}.raw"))
+        meter = CpuMeter(stage_pids(pipe))
+        meter.start()
+        t0 = time.perf_counter()
+        sent = finish_sender(*start_sender(port, stream, rate, duration), duration)
+        c = pipe.counters
+        end = time.monotonic() + drain_s
+        while time.monotonic() < end and not _settled(kind, c, sent["hits"], sent["bytes"], path is not None):
+            time.sleep(0.02)
+        lag = time.perf_counter() - t0 - sent["seconds"]
+        cpu = meter.stop()
+        if path:
+            pipe.close_file()
+        snap = c.snapshot()
+        fault = pipe.fault()
+    finally:
+        pipe.stop()
+        if path and os.path.exists(path):
+            os.unlink(path)
+    ok, info = _verdict(kind, snap, sent, fault)
+    secs = sent["seconds"]
+    info = dict(sent_mhits=sent["hits"] / secs / 1e6, lag_s=round(lag, 2), **info,
+                **_cpu_figures(cpu, sent["hits"], secs, sent["cpu_s"]))
+    return ok, info
+
+
+def trial_capacity(kind, stream, burst_bytes, tmpdir):
+    """Receiver-side capacity: pause the receiver, fill its socket buffer with a burst sent
+    as fast as possible, resume it and time until everything is decoded (and recorded /
+    centroided). Returns (ok, info with ``mhits`` = hits / drain time)."""
+    port = free_port()
+    pipe = _make_pipe(kind, port, flush_timeout=0.02)     # the last partial chunk: no 0.3 s wait
+    pipe.start()
+    path = None
+    try:
+        if kind == "pixel_rec":
+            path = pipe.open_file(os.path.join(tmpdir, "capacity.raw"))
+        c = pipe.counters
+        burst = int(min(burst_bytes, FILL * c.get("rcvbuf_bytes")))
+        rx = pipe.stages[0].processes[0].pid
+        os.kill(rx, signal.SIGSTOP)
+        try:
+            sent = finish_sender(*start_sender(port, stream, 0.0, 600.0, max_bytes=burst), 600.0)
+        finally:
+            os.kill(rx, signal.SIGCONT)
+        meter = CpuMeter(stage_pids(pipe))
+        meter.start()
+        t0 = time.perf_counter()
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not _settled(kind, c, sent["hits"], sent["bytes"], path is not None):
+            time.sleep(0.005)
+        secs = time.perf_counter() - t0
+        cpu = meter.stop()
+        if path:
+            pipe.close_file()
+        snap = c.snapshot()
+        fault = pipe.fault()
+    finally:
+        pipe.stop()
+        if path and os.path.exists(path):
+            os.unlink(path)
+    ok, info = _verdict(kind, snap, sent, fault)
+    figs = _cpu_figures(cpu, sent["hits"], secs, 0.0)
+    figs["cpu_cores"].pop("sender")
+    figs.pop("cpu_capacity_with_sender_mhits")
+    return ok, dict(mhits=round(sent["hits"] / secs / 1e6, 2), burst_bytes=sent["bytes"],
+                    sender_mhits=round(sent["hits"] / sent["seconds"] / 1e6, 1), drain_s=round(secs, 2),
+                    **info, **figs)
+
+
 def ramp(name, trial, rates):
-    best = 0.0
+    """Run ``trial`` at increasing rates until a loss; returns (best rate, its row, rows)."""
+    best, best_row = 0.0, None
     rows = []
     for r in rates:
         ok, info = trial(r)
@@ -252,23 +411,25 @@ def ramp(name, trial, rates):
               f"{'zero loss' if ok else 'LOSS'}  {info}", flush=True)
         if not ok:
             break
-        best = max(best, info["sent_mhits"])
+        if info["sent_mhits"] > best:
+            best, best_row = info["sent_mhits"], rows[-1]
         if info["sent_mhits"] < 0.9 * r:
             print(f"  {name:10s} the sender reached only {info['sent_mhits']:.1f} of {r} Mhits/s: "
                   "the machine is saturated, stopping the ramp", flush=True)
             break
-    return best, rows
+    return round(best, 2), best_row, rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=20.0, help="s per rate step (>= 20 for the report)")
     ap.add_argument("--drain", type=float, default=5.0, help="s allowed after the sender stops")
-    ap.add_argument("--rates-a", default="10,20,30,40,60,80,100")
-    ap.add_argument("--rates-b", default="2,4,6,8,10,15,20")
-    ap.add_argument("--rates-base", default="20,40,60,80,100,120")
+    ap.add_argument("--rates-a", default="20,40,60,70,80,90,100")
+    ap.add_argument("--rates-b", default="6,10,12,14,15,16,18,20")
+    ap.add_argument("--rates-base", default="40,80,100,120")
+    ap.add_argument("--burst-mb", type=float, default=400.0, help="receiver-capacity burst (MB)")
     ap.add_argument("--quick", action="store_true", help="3 s steps (development only)")
-    ap.add_argument("--skip", default="", help="comma list of baseline,a,b to skip")
+    ap.add_argument("--skip", default="", help="comma list of baseline,a,b,capacity to skip")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = 3.0
@@ -276,29 +437,48 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     stream = make_stream(10.0, 0.5)
     print(f"stream: {stream[0].size} words, {stream[1]} hits per 0.5 s loop "
-          f"({time.perf_counter() - t:.1f} s to simulate); duration {args.duration} s per step", flush=True)
+          f"({time.perf_counter() - t:.1f} s to simulate); duration {args.duration} s per step; "
+          f"load average {load_avg()}", flush=True)
     w = np.empty_like(stream[0])
     retime(stream[0], w, 0, 1, 1, 1)        # compile outside the timed region
     tmpdir = tempfile.mkdtemp(prefix="tpx-bench-")
     rates = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
-    out: dict = {"duration_s": args.duration, "cores": os.cpu_count()}
+    out: dict = {"duration_s": args.duration, "cores": os.cpu_count(), "load_before": load_avg()}
     try:
         if "baseline" not in skip:
             print("baseline: single-process recv_into loop", flush=True)
-            out["baseline_mhits"], _ = ramp("baseline", lambda r: trial_baseline(stream, r, args.duration),
-                                            rates(args.rates_base))
+            out["baseline_mhits"], row, _ = ramp("baseline", lambda r: trial_baseline(stream, r, args.duration),
+                                                 rates(args.rates_base))
+            out["baseline_cpu_cores"] = row and row["cpu_cores"]
         if "a" not in skip:
             print("(a) PixelPipeline + recording", flush=True)
-            out["pixel_recording_mhits"], _ = ramp(
+            out["pixel_recording_mhits"], row, _ = ramp(
                 "pixel+rec", lambda r: trial_pipeline("pixel_rec", stream, r, args.duration, args.drain, tmpdir),
                 rates(args.rates_a))
+            if row:
+                out["pixel_recording_best_step"] = {k: row[k] for k in (
+                    "cpu_cores", "pipeline_cpu_s_per_mhit", "cpu_capacity_mhits", "cpu_capacity_with_sender_mhits",
+                    "lag_s")}
         if "b" not in skip:
             print("(b) CentroidPipeline, 2 centroid processes", flush=True)
-            out["centroid2_mhits"], _ = ramp(
+            out["centroid2_mhits"], row, _ = ramp(
                 "centroid2", lambda r: trial_pipeline("centroid", stream, r, args.duration, args.drain, tmpdir),
                 rates(args.rates_b))
+            if row:
+                out["centroid2_best_step"] = {k: row[k] for k in (
+                    "cpu_cores", "pipeline_cpu_s_per_mhit", "cpu_capacity_mhits", "cpu_capacity_with_sender_mhits",
+                    "lag_s")}
+        if "capacity" not in skip:
+            print("receiver capacity: paused receiver, burst into the socket buffer, time to drain", flush=True)
+            for kind, key in (("pixel_rec", "pixel_recording"), ("centroid", "centroid2")):
+                ok, info = trial_capacity(kind, stream, args.burst_mb * 1e6, tmpdir)
+                print(f"  {key:16s} {'zero loss' if ok else 'LOSS'}: {info['mhits']} Mhits/s  {info}", flush=True)
+                out[f"{key}_receiver_capacity_mhits"] = info["mhits"] if ok else 0.0
+                out[f"{key}_receiver_capacity"] = {k: info[k] for k in (
+                    "burst_bytes", "drain_s", "cpu_cores", "pipeline_cpu_s_per_mhit", "cpu_capacity_mhits")}
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    out["load_after"] = load_avg()
     base = out.get("baseline_mhits")
     for key in ("pixel_recording_mhits", "centroid2_mhits"):
         if key in out and base:
@@ -306,7 +486,10 @@ def main(argv=None) -> int:
     print(f"highest zero-loss rates (Mhits/s): baseline {out.get('baseline_mhits')}, "
           f"(a) pixel+recording {out.get('pixel_recording_mhits')} [target 80], "
           f"(b) centroid x2 {out.get('centroid2_mhits')} [target 15]; ratios to baseline: "
-          f"{out.get('pixel_recording_ratio_to_baseline')}, {out.get('centroid2_ratio_to_baseline')}")
+          f"{out.get('pixel_recording_ratio_to_baseline')}, {out.get('centroid2_ratio_to_baseline')}; "
+          f"receiver capacity (no concurrent sender): (a) {out.get('pixel_recording_receiver_capacity_mhits')}, "
+          f"(b) {out.get('centroid2_receiver_capacity_mhits')}; load average {out['load_before']} -> "
+          f"{out['load_after']}")
     print(json.dumps(out))
     return 0
 

@@ -70,7 +70,7 @@ GROUPS: dict[str, str] = {
     "centroided": "clusters of hits (centroids), one row per cluster, ordered by trigger nr",
     "timing": "timing information from Timepix and facility",
     "timing/timepix": "every TDC1 rising edge (trigger) of Timepix, one row per trigger",
-    "timing/trainID": "facility train IDs (reserved: filled by tango_tpx.trainid when available)",
+    "timing/trainID": "facility train IDs (European XFEL timing receiver, see tango_tpx.trainid)",
     "triggers": "triggering information from Timepix",
     "triggers/trigger1": "every TDC1 edge in stream order; negative time = falling edge",
     "triggers/trigger2": "every TDC2 edge in stream order; negative time = falling edge",

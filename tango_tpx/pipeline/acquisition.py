@@ -49,8 +49,8 @@ PUB_LINGER_MS = 300
 #: stage classes whose kernels this process has loaded (see BasePipelineObject.warm_up)
 _warm: set = set()
 #: slots of the shared raw ring between the UDP receiver and the decoder (each one chunk,
-#: ~4 MiB: 48 slots buffer ~0.3 s of a full chip; pages are only used once touched)
-RAW_RING_SLOTS = 48
+#: ~4 MiB: 64 slots buffer ~0.4 s of a full chip; pages are only used once touched)
+RAW_RING_SLOTS = 64
 
 
 class _Collector(threading.Thread):
@@ -209,6 +209,8 @@ class AcquisitionPipeline:
                 down_addresses=list(inputs[i + 1]) if nxt is not None else [],
                 down_types=down_types, collector_address=collector, forward_types=forward,
                 stage_slot=i, next_slot=i + 1, worker_index=k, settings=settings[i],
+                # every slot of a raw ring may be in flight: ZeroMQ must not refuse them
+                down_hwm=(RAW_RING_SLOTS + transport.DEFAULT_HWM) if "raw_ring" in settings[i] else None,
             ) for k in range(s.numProcess)]
         self._collector_address = collector
 

@@ -51,6 +51,7 @@ class StageWiring:
     next_slot: int = 0                    # queue-depth slot of the next stage's input
     worker_index: int = 0
     hwm: int = transport.DEFAULT_HWM
+    down_hwm: int | None = None           # send high-water mark towards the next stage (default hwm)
     settings: dict = field(default_factory=dict)
 
 
@@ -195,7 +196,7 @@ class BasePipelineObject(mp.Process):
         w = self.wiring
         self._ctx = zmq.Context()
         self._in = transport.pull_socket(self._ctx, w.input_address, w.hwm) if w.input_address else None
-        self._down = [transport.push_socket(self._ctx, a, w.hwm) for a in w.down_addresses]
+        self._down = [transport.push_socket(self._ctx, a, w.down_hwm or w.hwm) for a in w.down_addresses]
         self._collector = (transport.push_socket(self._ctx, w.collector_address, 4 * w.hwm)
                            if w.collector_address else None)
 

@@ -48,6 +48,8 @@ DEFAULT_RCVBUF = 256 << 20
 WAKE_DELAY_S = 0.001
 #: receive buffers kept for reuse (each chunk_bytes + 64 KiB); more are allocated if needed.
 POOL_BUFFERS = 48
+#: s the receiver may wait for a free shared ring slot while the socket buffer fills
+RING_WAIT_S = 1.0
 
 
 def open_udp_socket(host: str, port: int, rcvbuf: int = DEFAULT_RCVBUF) -> tuple[socket.socket, int]:
@@ -240,9 +242,22 @@ class UdpSampler(BasePipelineObject):
         """The first free ring slot (lowest index: a small working set), else a pooled
         buffer nobody uses any more (sent by ZeroMQ, written to disk), else a new one."""
         ring = self._ring
-        for b in self._ring_bufs:
-            if not b.writing and not ring.busy[b.ring_index]:
-                return b
+        if ring is not None:
+            deadline = 0.0
+            while True:
+                for b in self._ring_bufs:
+                    if not b.writing and not ring.busy[b.ring_index]:
+                        return b
+                # every slot is with the decoder or the recorder: while the kernel's socket
+                # buffer is less than half full let it absorb the stall (up to RING_WAIT_S)
+                # instead of handing off private copies that the decoder queue would refuse
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + RING_WAIT_S
+                ctrl = self.wiring.counters.ctrl
+                if now > deadline or ctrl[CTRL_FORCE] or ctrl[CTRL_DRAIN] or self._socket_fill() > 0.5:
+                    break
+                time.sleep(0.0005)
         for b in self._pool:
             if not b.writing and (b.tracker is None or b.tracker.done):
                 b.tracker = None
@@ -251,6 +266,15 @@ class UdpSampler(BasePipelineObject):
         if len(self._pool) < POOL_BUFFERS:
             self._pool.append(b)
         return b
+
+    def _socket_fill(self) -> float:
+        """Share of the socket receive buffer in use (SO_MEMINFO), 1.0 if unknown."""
+        try:
+            info = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 64)
+            alloc, rcvbuf = int.from_bytes(info[0:4], "little"), int.from_bytes(info[4:8], "little")
+        except (OSError, ValueError):
+            return 1.0
+        return alloc / rcvbuf if rcvbuf > 0 else 1.0
 
     def _kernel_drops(self) -> None:
         """Exact cumulative drop count of the socket (SO_MEMINFO), if the kernel has it."""

@@ -36,6 +36,8 @@ from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
+from ..io.hdf5 import TRAINID as _HDF5_TRAINID
+
 STX: int = 0x02
 ETX: int = 0x03
 #: Hex characters between STX and ETX: 16 train ID + 8 beam mode + 2 CRC.
@@ -340,12 +342,20 @@ def write_side_file(raw_path: str | os.PathLike,
     return sf.path
 
 
+def _starts_with_side_header(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(len(SIDE_FILE_HEADER)).decode("ascii", "replace") == SIDE_FILE_HEADER
+    except OSError:
+        return False
+
+
 def read_side_file(path: str | os.PathLike) -> np.ndarray:
-    """Read a side file (the ``.trainid.csv`` itself, or the raw path it belongs to)
-    into a :data:`TRAINID_DTYPE` array. Raises ``ValueError`` on a malformed file."""
+    """Read a side file (any existing file in the side-file format, or the raw path it
+    belongs to) into a :data:`TRAINID_DTYPE` array. Raises ``ValueError`` on a malformed file."""
     p = Path(path)
-    if not p.name.endswith(SIDE_FILE_SUFFIX):
-        p = side_file_path(p)
+    if not p.name.endswith(SIDE_FILE_SUFFIX) and not _starts_with_side_header(p):
+        p = side_file_path(p)  # the raw recording the side file belongs to
     with open(p, encoding="ascii") as f:
         header = f.readline().strip()
         if header != SIDE_FILE_HEADER:
@@ -369,18 +379,14 @@ def read_side_file(path: str | os.PathLike) -> np.ndarray:
 
 #: HDF5 group holding the train-ID datasets.
 TRAINID_GROUP = "timing/trainID"
+# Names, dtypes and units come from the one definition of the HDF5 layout.
+_HDF5_NAME = {"timestamp": "timestamp", "train_id": "train id", "beam_mode": "beam mode"}
 #: Dataset paths (relative to the file root) by column.
-TRAINID_DATASETS: dict[str, str] = {
-    "timestamp": f"{TRAINID_GROUP}/timestamp",
-    "train_id": f"{TRAINID_GROUP}/train id",
-    "beam_mode": f"{TRAINID_GROUP}/beam mode",
-}
-#: (dtype, unit, description) per column; units as in :mod:`tango_tpx.io.hdf5` ("" = dimensionless).
+TRAINID_DATASETS: dict[str, str] = {col: _HDF5_TRAINID[name].path for col, name in _HDF5_NAME.items()}
+#: (dtype, unit, description) per column, from :data:`tango_tpx.io.hdf5.TRAINID`.
 TRAINID_LAYOUT: dict[str, tuple[str, str, str]] = {
-    "timestamp": ("<u8", "ns", "host wall clock when the frame was read, ns since the Unix epoch"),
-    "train_id": ("<u8", "", "European XFEL train ID (one per 100 ms train)"),
-    "beam_mode": ("<u4", "", "beam-mode word of the European XFEL timing system"),
-}
+    col: (np.dtype(_HDF5_TRAINID[name].dtype).str, _HDF5_TRAINID[name].unit, _HDF5_TRAINID[name].description)
+    for col, name in _HDF5_NAME.items()}
 _COLUMN_FIELD = {"timestamp": "timestamp_ns", "train_id": "train_id", "beam_mode": "beam_mode"}
 
 

@@ -27,8 +27,8 @@ import zmq
 
 from . import transport
 from .counters import CTRL_DRAIN, CTRL_FORCE, SharedCounters, SharedPreview
-from .messages import MessageType, encode_frames
-from .shmring import META_BYTES, META_SLOT
+from .messages import SOA_CLASSES, MessageType, _soa_class, encode_frames
+from .shmring import META_BYTES, META_SLOT, META_SOA
 
 #: poll period of stage loops (s): bounds the reaction time to stop/orphan checks.
 POLL_S = 0.05
@@ -73,6 +73,9 @@ class BasePipelineObject(mp.Process):
     #: True: ``RawData`` may arrive as a slot of the shared raw ring (see :mod:`.shmring`);
     #: ``process`` gets a read-only view valid until it returns (copy what you keep).
     raw_ring_ok: bool = False
+    #: True: structure-of-arrays messages may arrive in slots of a shared message ring
+    #: (:class:`~.shmring.MsgRing`), read-only and valid until ``process`` returns.
+    msg_ring_ok: bool = False
 
     def __init__(self, name: str, input_queue: str | None = None, create_output: bool = True,
                  num_outputs: int = 1, shared_output: Any = None, wiring: StageWiring | None = None,
@@ -167,9 +170,22 @@ class BasePipelineObject(mp.Process):
 
     def _send_round_robin(self, data_type, data, seq, meta) -> bool:
         # blocks while every next-stage input is full (back-pressure reaches the sampler,
-        # which counts what it cannot hand off); gives up only when the pipeline is forced
+        # which counts what it cannot hand off); gives up only when the pipeline is forced.
+        # A structure-of-arrays payload goes through a free slot of the shared message
+        # ring when there is one (one copy, no socket I/O), else as ZeroMQ frames.
         n = len(self._down)
-        frames = encode_frames(data_type, data, seq, meta)
+        ring = self.wiring.settings.get("out_ring")
+        slot = -1
+        if ring is not None and type(data).__name__ in SOA_CLASSES:
+            slot = ring.free_slot()
+            ring_meta = ring.pack(slot, data) if slot >= 0 else None
+            if ring_meta is None:
+                slot = -1
+            else:
+                ring.acquire(slot)
+                frames = encode_frames(data_type, None, seq, {**(meta or {}), **ring_meta})
+        if slot < 0:
+            frames = encode_frames(data_type, data, seq, meta)
         while True:
             for k in range(n):
                 i = (self._rr + k) % n
@@ -181,6 +197,8 @@ class BasePipelineObject(mp.Process):
                 self.wiring.counters.stage_sent(self.wiring.next_slot)
                 return True
             if self._forced():
+                if slot >= 0:
+                    ring.release(slot)
                 return False
             time.sleep(0.001)
 
@@ -265,6 +283,7 @@ class BasePipelineObject(mp.Process):
         poller = zmq.Poller()
         poller.register(self._in, zmq.POLLIN)
         ring = w.settings.get("raw_ring") if self.raw_ring_ok else None
+        in_ring = w.settings.get("in_ring") if self.msg_ring_ok else None
         eos = 0
         while True:
             if self._forced():
@@ -282,8 +301,15 @@ class BasePipelineObject(mp.Process):
                 continue
             w.counters.stage_taken(w.stage_slot)
             self.current_seq, self.current_meta = seq, meta
-            slot = meta.get(META_SLOT, -1) if (ring is not None and mtype == MessageType.RawData) else -1
-            if slot >= 0:
+            slot = meta.get(META_SLOT, -1) if data is None else -1
+            if slot >= 0 and META_SOA in meta and in_ring is not None:
+                try:
+                    data = in_ring.unpack(meta, _soa_class(meta[META_SOA]))
+                    out = self.process(mtype, data)
+                finally:
+                    data = None
+                    in_ring.release(slot)
+            elif slot >= 0 and ring is not None and mtype == MessageType.RawData:
                 try:
                     data = ring.view(slot, int(meta.get(META_BYTES, 0)))
                     out = self.process(mtype, data)

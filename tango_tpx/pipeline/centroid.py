@@ -28,6 +28,7 @@ class PipelineCentroidCalculator(BasePipelineObject):
     """
 
     accepts = frozenset({MessageType.EventData})
+    msg_ring_ok = True        # events are only read inside process(); centroids are new arrays
 
     def __init__(self, centroid_calculator: Any = None, input_queue=None, create_output: bool = True,
                  num_outputs: int = 1, shared_output=None, *, name: str = "Centroid",

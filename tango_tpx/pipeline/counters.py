@@ -151,10 +151,20 @@ def accumulate_preview(hitmap: np.ndarray, x: np.ndarray, y: np.ndarray,
     nb = tofhist.shape[0]
     span = tof_hi - tof_lo
     if span > 0:
+        # bin = (d * nb) // span, via a float multiply and an exact integer correction
+        # (a 64-bit division per event costs more than the rest of the loop)
+        scale = nb / span
         for i in range(tof.shape[0]):
             d = tof[i] - tof_lo
             if d >= 0 and d < span:
-                tofhist[np.int64((d * nb) // span)] += 1.0
+                b = np.int64(d * scale)
+                if b >= nb:
+                    b = nb - 1
+                if b * span > d * nb:
+                    b -= 1
+                elif (b + 1) * span <= d * nb:
+                    b += 1
+                tofhist[b] += 1.0
 
 
 def tof_bins(event_window_s: tuple[float, float], n_bins: int = N_TOF_BINS) -> tuple[int, int, np.ndarray]:

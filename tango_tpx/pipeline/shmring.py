@@ -5,7 +5,10 @@ the pipeline creates before it forks the stages, so the decoder process sees the
 pages. Over ZeroMQ only a small ``RawData`` message travels: ``data`` None and ``meta``
 ``{"ring": slot, "n": nbytes}``. Each slot has a busy flag (int64) in the first page of
 the mapping: the receiver sets it when it hands the slot over, the consumer clears it after
-``process`` returned, so exactly one process writes each transition (no locks).
+``process`` returned, so exactly one process writes each transition (no locks). The
+hand-over is ordered by the ZeroMQ message (a system call); the release relies on the
+consumer's reads completing before its later store of the flag, which x86 (and any CPU
+with total store order) guarantees.
 
 A consumer gets the bytes with :meth:`RawRing.view` (read-only numpy uint8, valid until it
 releases the slot); a stage that keeps raw bytes beyond ``process`` must copy them.
@@ -69,3 +72,61 @@ class RawRing:
             self._mm.close()
         except BufferError:
             pass        # a view is still alive: the mapping goes with the last reference
+
+
+#: meta keys of a message whose structure-of-arrays payload lies in a :class:`MsgRing` slot
+META_SOA = "soa"
+META_FIELDS = "fields"
+#: byte alignment of each field inside a slot
+FIELD_ALIGN = 64
+
+
+class MsgRing(RawRing):
+    """Shared slots for structure-of-arrays messages (e.g. ``EventData`` from the decoder to
+    the centroid workers): the producer copies the fields into a free slot (one copy instead
+    of the two of a socket, and no I/O-thread work), the message carries the slot number,
+    class name and field layout; the consumer builds the object from read-only views and
+    releases the slot after ``process``."""
+
+    def pack(self, i: int, data) -> dict | None:
+        """Copy the fields of ``data`` (a dataclass of numpy arrays) into slot ``i``; returns
+        the message meta, or None if they do not fit (nothing is marked busy)."""
+        import dataclasses
+        flds = []
+        off = 0
+        arrays = []
+        for f in dataclasses.fields(data):
+            a = np.ascontiguousarray(getattr(data, f.name))
+            off = -(-off // FIELD_ALIGN) * FIELD_ALIGN
+            flds.append([f.name, a.dtype.str, int(a.size), off])
+            arrays.append((off, a))
+            off += a.nbytes
+        if off > self.slot_bytes:
+            return None
+        dst = self.slot(i)
+        for o, a in arrays:
+            if a.nbytes:
+                dst[o:o + a.nbytes] = a.view(np.uint8).reshape(-1)
+        return {META_SLOT: i, META_SOA: type(data).__name__, META_FIELDS: flds}
+
+    def unpack(self, meta: dict, cls: type):
+        """The object described by ``meta`` (from :meth:`pack`), built on read-only views
+        of its slot (valid until the slot is released)."""
+        i = int(meta[META_SLOT])
+        if not 0 <= i < self.n_slots:
+            raise ValueError(f"bad ring reference: slot {i}")
+        base = self.slot(i)
+        kw = {}
+        for name, dt, n, off in meta[META_FIELDS]:
+            dtype = np.dtype(dt)
+            if off < 0 or off + n * dtype.itemsize > self.slot_bytes:
+                raise ValueError(f"field {name} outside ring slot {i}")
+            v = np.frombuffer(base, dtype, int(n), int(off)) if n else np.zeros(0, dtype)
+            v.flags.writeable = False
+            kw[name] = v
+        return cls(**kw)
+
+    def free_slot(self) -> int:
+        """Lowest free slot, or -1."""
+        free = np.flatnonzero(self.busy == 0)
+        return int(free[0]) if free.size else -1

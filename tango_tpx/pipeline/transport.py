@@ -2,7 +2,9 @@
 
 Between stages: PUSH (sender connects) -> PULL (receiver binds) over ``ipc://`` in a
 private temporary directory of the pipeline run.  Sends are non-blocking with bounded
-retries so that no stage can hang forever on a dead peer.
+retries so that no stage can hang forever on a dead peer. Large payloads between
+the receiver, the decoder and the centroid workers travel through shared-memory rings
+(:mod:`.shmring`); the sockets then carry only small messages naming a ring slot.
 """
 
 from __future__ import annotations

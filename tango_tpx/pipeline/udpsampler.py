@@ -286,8 +286,13 @@ class UdpSampler(BasePipelineObject):
             self._note_drops(int.from_bytes(info[4 * SK_MEMINFO_DROPS:4 * SK_MEMINFO_DROPS + 4], "little"))
 
     def _note_drops(self, cumulative: int) -> None:
-        if cumulative != self._last_drops:
-            self.wiring.counters.add("kernel_drops", (cumulative - self._last_drops) & 0xFFFFFFFF)
+        """Count the growth of the kernel's 32-bit cumulative drop counter. The ancillary
+        value of a datagram is the counter when it was queued, so it may be older (smaller)
+        than one already read through SO_MEMINFO: a step "backwards" is ignored, not taken
+        for a wrap-around."""
+        d = (cumulative - self._last_drops) & 0xFFFFFFFF
+        if 0 < d < 0x80000000:
+            self.wiring.counters.add("kernel_drops", d)
             self._last_drops = cumulative
 
     def main_loop(self) -> bool:

@@ -158,3 +158,16 @@ def test_real_capture_events_match_independent_computation():
     np.testing.assert_allclose(ev.tof * UNIT_NS, [e[4] for e in expected], atol=1e-3)
     # the 10 Hz triggers: time of flight stays below 100 ms
     assert ev.tof.max() * UNIT_NS < 1.01e8
+
+
+@pytest.mark.parametrize("scale", [1, 256, 1 << 20, 1 << 30])
+def test_time_order_is_a_stable_sort(scale):
+    from tango_tpx.processing.events import time_order
+    rng = np.random.default_rng(scale)
+    base = np.sort(rng.integers(0, 50_000, 20_000)) * scale          # many ties
+    t = (base + rng.integers(0, 40, base.size) * scale).astype(np.int64)  # locally out of order
+    np.testing.assert_array_equal(time_order(t), np.argsort(t, kind="stable"))
+    np.testing.assert_array_equal(time_order(np.sort(t)), np.arange(t.size))
+    # a chunk spanning more than three radix passes takes the comparison-sort path
+    wide = np.array([0, 1 << 50, 5, 1 << 45, 5], np.int64)
+    assert time_order(wide).tolist() == [0, 2, 4, 3, 1]

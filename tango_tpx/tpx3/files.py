@@ -182,35 +182,22 @@ def _payload_bytes(data) -> memoryview:
     return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
 
 
-class RawFileWriter:
-    """Write a pymepix-compatible .raw file: 8-byte LE time_ns header, then payload bytes.
+class _ExclusiveWriter:
+    """A binary file opened with mode 'xb' (FileExistsError if it exists), counting bytes."""
 
-    path: opened with mode 'xb' (FileExistsError if it exists); time_ns: header value
-    (default ``time.time_ns()`` at open); header=False writes a header-less file.
-    ``bytes_written`` counts payload bytes (the header's 8 bytes excluded, see ``header_bytes``).
-    """
-
-    def __init__(self, path: str | os.PathLike, time_ns: int | None = None, header: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
         self._f = open(self.path, "xb")
         self.bytes_written = 0
-        self.header_bytes = 0
-        self.time_ns: int | None = None
-        if header:
-            self.time_ns = int(time.time_ns() if time_ns is None else time_ns)
-            self._f.write(self.time_ns.to_bytes(8, "little"))
-            self.header_bytes = 8
+
+    def _append(self, data) -> int:
+        n = self._f.write(_payload_bytes(data))
+        self.bytes_written += n
+        return n
 
     @property
     def closed(self) -> bool:
         return self._f.closed
-
-    def write(self, data) -> int:
-        """Append payload bytes (bytes, memoryview, or an ndarray written as little-endian); returns bytes written."""
-        mv = _payload_bytes(data)
-        n = self._f.write(mv)
-        self.bytes_written += n
-        return n
 
     def flush(self) -> None:
         self._f.flush()
@@ -219,11 +206,33 @@ class RawFileWriter:
         if not self._f.closed:
             self._f.close()
 
-    def __enter__(self) -> "RawFileWriter":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RawFileWriter(_ExclusiveWriter):
+    """Write a pymepix-compatible .raw file: 8-byte LE time_ns header, then payload bytes.
+
+    path: opened with mode 'xb' (FileExistsError if it exists); time_ns: header value
+    (default ``time.time_ns()`` at open); header=False writes a header-less file.
+    ``bytes_written`` counts payload bytes (the header's 8 bytes excluded, see ``header_bytes``).
+    """
+
+    def __init__(self, path: str | os.PathLike, time_ns: int | None = None, header: bool = True) -> None:
+        super().__init__(path)
+        self.header_bytes = 0
+        self.time_ns: int | None = None
+        if header:
+            self.time_ns = int(time.time_ns() if time_ns is None else time_ns)
+            self._f.write(self.time_ns.to_bytes(8, "little"))
+            self.header_bytes = 8
+
+    def write(self, data) -> int:
+        """Append payload bytes (bytes, memoryview, or an ndarray written as little-endian); returns bytes written."""
+        return self._append(data)
 
 
 @numba.njit(cache=True)
@@ -272,17 +281,12 @@ def frame_tpx3(words: np.ndarray, chip, chunk_bytes: int = 8192, mode: int = 0) 
     return _frame_kernel(words, np.ascontiguousarray(chips), chunk_bytes // 8, int(mode), TPX3_MAGIC)
 
 
-class Tpx3FileWriter:
+class Tpx3FileWriter(_ExclusiveWriter):
     """Write an ASI .tpx3 file (mode 'xb': FileExistsError if it exists).
 
     ``write_chip(chip, words, chunk_bytes=8192)`` frames one chip's words into chunks;
     ``write_framed(words)`` appends already framed words. ``bytes_written`` counts all bytes.
     """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = str(path)
-        self._f = open(self.path, "xb")
-        self.bytes_written = 0
 
     def write_chip(self, chip: int, words: np.ndarray, chunk_bytes: int = 8192, mode: int = 0) -> int:
         """Append ``words`` of ``chip`` as chunks of at most ``chunk_bytes`` payload; returns bytes written."""
@@ -292,26 +296,7 @@ class Tpx3FileWriter:
 
     def write_framed(self, words: np.ndarray) -> int:
         """Append words that already contain their chunk headers."""
-        n = self._f.write(_payload_bytes(np.asarray(words, dtype="<u8")))
-        self.bytes_written += n
-        return n
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._f.closed
-
-    def __enter__(self) -> "Tpx3FileWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return self._append(np.asarray(words, dtype="<u8"))
 
 
 @numba.njit(cache=True)

@@ -87,6 +87,18 @@ def make_transport(source: Any):
     return source
 
 
+
+def _drain_batches(q, timeout_s: float) -> list[TrainFrame]:
+    """Every frame of the batches now in queue ``q`` (waiting up to ``timeout_s`` for the first)."""
+    out: list[TrainFrame] = []
+    try:
+        out.extend(q.get(timeout=timeout_s) if timeout_s > 0 else q.get_nowait())
+        while True:
+            out.extend(q.get_nowait())
+    except queue_mod.Empty:
+        pass
+    return out
+
 class _SharedState:
     """Status string and int64 counters in lock-free shared memory.
 
@@ -447,14 +459,7 @@ class USBTrainID(_ReaderBase):
     def get(self, timeout_s: float = 0.0) -> list[TrainFrame]:
         """All frames now in the queue (waiting up to ``timeout_s`` for the first batch).
         Not to be used together with a callback."""
-        out: list[TrainFrame] = []
-        try:
-            out.extend(self.queue.get(timeout=timeout_s) if timeout_s > 0 else self.queue.get_nowait())
-            while True:
-                out.extend(self.queue.get_nowait())
-        except queue_mod.Empty:
-            pass
-        return out
+        return _drain_batches(self.queue, timeout_s)
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop the child (terminate/kill it if it does not end in time); returns
@@ -546,14 +551,7 @@ class TrainIdReader(_ReaderBase):
 
     def get(self, timeout_s: float = 0.0) -> list[TrainFrame]:
         """All frames now in the queue (waiting up to ``timeout_s`` for the first batch)."""
-        out: list[TrainFrame] = []
-        try:
-            out.extend(self.queue.get(timeout=timeout_s) if timeout_s > 0 else self.queue.get_nowait())
-            while True:
-                out.extend(self.queue.get_nowait())
-        except queue_mod.Empty:
-            pass
-        return out
+        return _drain_batches(self.queue, timeout_s)
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()

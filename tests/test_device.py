@@ -20,6 +20,7 @@ tango = pytest.importorskip("tango")
 from tango import DevFailed, DevState  # noqa: E402
 from tango.test_context import DeviceTestContext  # noqa: E402
 
+from tango_tpx.device.database import free_port  # noqa: E402
 from tango_tpx.device.timepix3 import (  # noqa: E402
     CENTROID_PROCESSES_MAX,
     ClusteringAlgorithm,
@@ -29,13 +30,9 @@ from tango_tpx.pipeline import controller as controller_module  # noqa: E402
 from tango_tpx.tpx3.encode import encode_pixels, encode_tdc, quantize_pixel_toa, quantize_tdc_time  # noqa: E402
 from tango_tpx.tpx3.units import ns_to_units  # noqa: E402
 
+from .conftest import wait_until  # noqa: E402
+
 PERIOD_S = 0.25
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _desc(exc: DevFailed) -> str:
@@ -78,25 +75,15 @@ def send_words(words: np.ndarray, port: int, seconds: float, payload_bytes: int 
                 time.sleep(delay)
 
 
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _context(**props) -> DeviceTestContext:
-    base = {"UdpPort": _free_udp_port(), "SummaryPeriod": PERIOD_S, "DataStreamAddress": ""}
+    base = {"UdpPort": free_port(kind=socket.SOCK_DGRAM), "SummaryPeriod": PERIOD_S, "DataStreamAddress": ""}
     base.update(props)
     return DeviceTestContext(Timepix3, properties=base, process=True, timeout=30)
 
 
 @pytest.fixture
 def udp_port() -> int:
-    return _free_udp_port()
+    return free_port(kind=socket.SOCK_DGRAM)
 
 
 @pytest.fixture
@@ -247,7 +234,7 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
             rates.append(d.HitRate)
             previews.append(d.Preview)
         sender.join()
-        _wait(lambda: d.TotalHits == n_hits, 10, f"{n_hits} hits")
+        wait_until(lambda: d.TotalHits == n_hits, 10, f"{n_hits} hits")
         assert d.TotalTriggers == n_trig
         assert d.BytesReceived == words.size * 8
         assert d.MalformedWords == 0 and d.KernelDrops == 0 and d.LostTriggers == 0
@@ -276,7 +263,7 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         d.Stop()
         assert d.state() == DevState.ON
         # hits 0..1 ms after a trigger are events (the last one is flushed by Stop)
-        _wait(lambda: d.TotalEvents == n_events, 10, f"{n_events} events, got {d.TotalEvents}")
+        wait_until(lambda: d.TotalEvents == n_events, 10, f"{n_events} events, got {d.TotalEvents}")
         d.ResetCounters()
         assert d.TotalHits == 0 and d.TotalTriggers == 0 and d.TotalEvents == 0
         time.sleep(2 * PERIOD_S)
@@ -307,7 +294,7 @@ def test_open_file_rules(device, tmp_path, udp_port):
     assert full in d.status()
     words, _ = make_stream(500, 10, seed=2)
     send_words(words, udp_port, 0.05)
-    _wait(lambda: d.TotalHits == 500, 10, "500 hits")
+    wait_until(lambda: d.TotalHits == 500, 10, "500 hits")
     with pytest.raises(DevFailed) as err:
         d.OpenFile("run2.raw")
     assert f"already recording to {full}" in _desc(err.value)

@@ -31,6 +31,8 @@ from tango_tpx.device.database import (  # noqa: E402
     wait_for_device,
 )
 
+from .conftest import wait_until  # noqa: E402
+
 DEVICE = "tpx3/detector/1"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,16 +121,6 @@ def _send(words: np.ndarray, port: int, seconds: float, payload_bytes: int = 819
                 time.sleep(delay)
 
 
-def _wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.timeout(120)
 def test_record_stream_through_database_with_change_events(system, dev, tmp_path):
     from tango_tpx.tpx3.codec import Decoder
@@ -158,7 +150,7 @@ def test_record_stream_through_database_with_change_events(system, dev, tmp_path
         raw_path = client.OpenFile("run.raw")
         assert Path(raw_path).parent == tmp_path.resolve()
         _send(words, system.udp_port, seconds=1.5)
-        _wait_for(lambda: client.TotalHits >= n_hits, 20, f"{n_hits} hits")
+        wait_until(lambda: client.TotalHits >= n_hits, 20, f"{n_hits} hits")
         time.sleep(0.6)  # two more summary periods
         client.CloseFile()
         assert client.RecordingFile == ""
@@ -242,7 +234,7 @@ def test_taurus_reads_every_attribute_and_gets_events(system, dev):
     attr.addListener(listener)
     try:
         dev.Start()
-        _wait_for(lambda: len(got) >= 2, 10, "two Taurus change events")
+        wait_until(lambda: len(got) >= 2, 10, "two Taurus change events")
         dev.Stop()
     finally:
         attr.removeListener(listener)

@@ -20,29 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tango_tpx.device.database import free_port
 from tango_tpx.pipeline.controller import TRAIN_COUNTER_KEYS, AcquisitionController
 from tango_tpx.tpx3.encode import encode_pixels, encode_tdc, quantize_pixel_toa, quantize_tdc_time
 from tango_tpx.tpx3.units import ns_to_units
 from tango_tpx.trainid import (TRAINID_DATASETS, TRAINID_LAYOUT, SimFaults, SimulatedReceiver,
                                append_to_hdf5, read_hdf5, read_side_file, side_file_path)
 
+from .conftest import wait_until
+
 START_ID = 2_000_000_000
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _stream(n_triggers: int, hits_per_trigger: int, seed: int, t0_ms: float = 1.0) -> np.ndarray:
@@ -103,15 +90,15 @@ def test_controller_counts_faults_exactly(tmp_path: Path):
     sim = SimulatedReceiver(rate_hz=100, start_train_id=START_ID, max_frames=60, link_dir=str(tmp_path),
                             faults=SimFaults(bad_crc_every=7, garbage_every=5, repeat_every=11,
                                              bad_hex_every=23))
-    ctl = AcquisitionController(udp_port=_free_udp_port())
+    ctl = AcquisitionController(udp_port=free_port(kind=socket.SOCK_DGRAM))
     try:
         assert ctl.train_id == -1 and ctl.counters()["train_status"] == ""
         ctl.set_train_id_source(sim.path)
-        _wait(lambda: ctl.train_status.startswith("connected"), 5, "the reader to connect")
+        wait_until(lambda: ctl.train_status.startswith("connected"), 5, "the reader to connect")
         sim.start()
         assert sim.done.wait(5)
         c = sim.counts
-        _wait(lambda: ctl.counters()["train_frames"] == len(c.sent_ids), 5, "all frames")
+        wait_until(lambda: ctl.counters()["train_frames"] == len(c.sent_ids), 5, "all frames")
         time.sleep(0.1)
         k = ctl.counters()
         assert set(TRAIN_COUNTER_KEYS) <= set(k)
@@ -152,7 +139,7 @@ def test_controller_side_file_unplug_replug_and_hdf5(tmp_path: Path):
     h5py = pytest.importorskip("h5py")
     # the simulator exists before the pipeline forks its stages (they must not keep the pty)
     sim = SimulatedReceiver(rate_hz=50, start_train_id=START_ID, link_dir=str(tmp_path))
-    port = _free_udp_port()
+    port = free_port(kind=socket.SOCK_DGRAM)
     ctl = AcquisitionController(udp_port=port)
     ctl.event_window = (0.0, 1e-3)
     raw = tmp_path / "run.raw"
@@ -160,11 +147,11 @@ def test_controller_side_file_unplug_replug_and_hdf5(tmp_path: Path):
         ctl.set_train_id_source(sim.path, reconnect_min_s=0.05, reconnect_max_s=0.2)
         ctl.start()
         sim.start()
-        _wait(lambda: ctl.counters()["train_frames"] >= 5, 10, "first train IDs")
+        wait_until(lambda: ctl.counters()["train_frames"] >= 5, 10, "first train IDs")
         words1 = _stream(20, 50, seed=1)
         n1 = int(np.count_nonzero((words1 >> np.uint64(60)) == 0xB))
         _send(words1, port)
-        _wait(lambda: ctl.counters()["hits"] == n1, 15, "hits of batch 1")
+        wait_until(lambda: ctl.counters()["hits"] == n1, 15, "hits of batch 1")
 
         t_open0 = time.time_ns()
         full = ctl.open_file(raw)
@@ -174,8 +161,8 @@ def test_controller_side_file_unplug_replug_and_hdf5(tmp_path: Path):
         n2 = int(np.count_nonzero((words2 >> np.uint64(60)) == 0xB))
         _send(words2, port)
         f0 = ctl.counters()["train_frames"]
-        _wait(lambda: ctl.counters()["hits"] == n1 + n2, 15, "hits of batch 2")
-        _wait(lambda: ctl.counters()["train_frames"] >= f0 + 15, 10, "frames while recording")
+        wait_until(lambda: ctl.counters()["hits"] == n1 + n2, 15, "hits of batch 2")
+        wait_until(lambda: ctl.counters()["train_frames"] >= f0 + 15, 10, "frames while recording")
         t_close0 = time.time_ns()
         ctl.close_file()
         t_close1 = time.time_ns()
@@ -192,27 +179,27 @@ def test_controller_side_file_unplug_replug_and_hdf5(tmp_path: Path):
         inside = hist[(hist["timestamp_ns"] > t_open1) & (hist["timestamp_ns"] < t_close0)]
         assert np.isin(inside["train_id"], side["train_id"]).all()
         # closed: frames after close do not go in
-        _wait(lambda: ctl.counters()["train_frames"] >= f0 + len(side) + 5, 10, "frames after close")
+        wait_until(lambda: ctl.counters()["train_frames"] >= f0 + len(side) + 5, 10, "frames after close")
         assert len(read_side_file(raw)) == len(side)
 
         # ---- unplug: reported, acquisition goes on
         last_before = ctl.train_id
         sim.unplug()
-        _wait(lambda: ctl.train_status.startswith("disconnected"), 5, "disconnected status")
+        wait_until(lambda: ctl.train_status.startswith("disconnected"), 5, "disconnected status")
         k = ctl.counters()
         assert k["train_connected"] == 0 and k["train_disconnects"] == 1
         assert k["train_status"].startswith("disconnected: serial ")
         words3 = _stream(10, 50, seed=3, t0_ms=60.0)
         n3 = int(np.count_nonzero((words3 >> np.uint64(60)) == 0xB))
         _send(words3, port)
-        _wait(lambda: ctl.counters()["hits"] == n1 + n2 + n3, 15, "hits while unplugged")
+        wait_until(lambda: ctl.counters()["hits"] == n1 + n2 + n3, 15, "hits while unplugged")
         assert ctl.running and ctl.fault() is None
         time.sleep(0.2)
         assert ctl.train_id == last_before                      # nothing invented meanwhile
         # ---- replug: reconnects, IDs go on (with the trains missed while unplugged)
         sim.replug()
-        _wait(lambda: ctl.counters()["train_reconnects"] == 1, 5, "reconnect")
-        _wait(lambda: ctl.train_id > last_before + 2, 5, "train IDs after replug")
+        wait_until(lambda: ctl.counters()["train_reconnects"] == 1, 5, "reconnect")
+        wait_until(lambda: ctl.train_id > last_before + 2, 5, "train IDs after replug")
         assert ctl.train_status.startswith("connected")
         ids = ctl.train_history()["train_id"].astype(np.int64)
         assert (np.diff(ids) > 0).all()
@@ -240,13 +227,13 @@ def test_controller_side_file_unplug_replug_and_hdf5(tmp_path: Path):
 def test_controller_usbtrainid_process_mode(tmp_path: Path):
     """process=True reads in a USBTrainID child process; close() ends it (no orphan)."""
     sim = SimulatedReceiver(rate_hz=100, start_train_id=START_ID, link_dir=str(tmp_path))
-    ctl = AcquisitionController(udp_port=_free_udp_port())
+    ctl = AcquisitionController(udp_port=free_port(kind=socket.SOCK_DGRAM))
     try:
         ctl.set_train_id_source(sim.path, process=True)
         reader = ctl._train_reader
-        _wait(lambda: ctl.train_status.startswith("connected"), 15, "the child to connect")
+        wait_until(lambda: ctl.train_status.startswith("connected"), 15, "the child to connect")
         sim.start()
-        _wait(lambda: ctl.counters()["train_frames"] >= 10, 10, "frames from the child")
+        wait_until(lambda: ctl.counters()["train_frames"] >= 10, 10, "frames from the child")
         ids = ctl.train_history()["train_id"].astype(np.int64)
         assert (np.diff(ids) == 1).all() and ids[0] >= START_ID
         assert reader.is_alive()
@@ -267,7 +254,7 @@ def test_device_train_id_attribute_events_and_status(tmp_path: Path):
     from tango_tpx.device.timepix3 import Timepix3
 
     link = tmp_path / "ttyTRAINID"   # the receiver is "plugged in" after the server started
-    props = {"UdpPort": _free_udp_port(), "SummaryPeriod": 0.2, "DataStreamAddress": "",
+    props = {"UdpPort": free_port(kind=socket.SOCK_DGRAM), "SummaryPeriod": 0.2, "DataStreamAddress": "",
              "TrainIdSource": str(link)}
     sim = None
     with DeviceTestContext(Timepix3, properties=props, process=True, timeout=30) as d:
@@ -283,28 +270,28 @@ def test_device_train_id_attribute_events_and_status(tmp_path: Path):
         sid = d.subscribe_event("TrainId", tango.EventType.CHANGE_EVENT, on_event)
         try:
             assert d.state() == DevState.ON and d.TrainId == -1
-            _wait(lambda: "train-ID receiver disconnected:" in d.status(), 10, "'not there yet' in Status")
+            wait_until(lambda: "train-ID receiver disconnected:" in d.status(), 10, "'not there yet' in Status")
             sim = SimulatedReceiver(rate_hz=50, start_train_id=START_ID, link_dir=str(tmp_path)).start()
             # train IDs flow while ON, as change events
-            _wait(lambda: len([v for v in got if v >= START_ID]) >= 3, 15, "TrainId change events")
+            wait_until(lambda: len([v for v in got if v >= START_ID]) >= 3, 15, "TrainId change events")
             d.Start()
             assert d.state() == DevState.RUNNING
-            _wait(lambda: "train-ID receiver connected" in d.status(), 5, "connected in Status")
+            wait_until(lambda: "train-ID receiver connected" in d.status(), 5, "connected in Status")
             with lock:
                 n_before = len(got)
-            _wait(lambda: len(got) >= n_before + 3, 10, "TrainId events while RUNNING")
+            wait_until(lambda: len(got) >= n_before + 3, 10, "TrainId events while RUNNING")
             with lock:
                 vals = [v for v in got if v >= 0]
             assert vals == sorted(vals) and vals[-1] > vals[0] >= START_ID
             assert d.TrainId >= vals[-1]
             # unplugged: Status says so, State stays RUNNING
             sim.unplug()
-            _wait(lambda: "train-ID receiver disconnected:" in d.status(), 10, "disconnected Status")
+            wait_until(lambda: "train-ID receiver disconnected:" in d.status(), 10, "disconnected Status")
             assert d.state() == DevState.RUNNING
             frozen = d.TrainId
             sim.replug()
-            _wait(lambda: d.TrainId > frozen, 10, "TrainId after replug")
-            _wait(lambda: "train-ID receiver connected" in d.status(), 5, "reconnected Status")
+            wait_until(lambda: d.TrainId > frozen, 10, "TrainId after replug")
+            wait_until(lambda: "train-ID receiver connected" in d.status(), 5, "reconnected Status")
             assert d.state() == DevState.RUNNING
             d.Stop()
             assert d.state() == DevState.ON
@@ -349,7 +336,7 @@ def test_device_faults_on_a_source_that_can_never_work():
 
     from tango_tpx.device.timepix3 import Timepix3
 
-    props = {"UdpPort": _free_udp_port(), "SummaryPeriod": 0.2, "DataStreamAddress": "",
+    props = {"UdpPort": free_port(kind=socket.SOCK_DGRAM), "SummaryPeriod": 0.2, "DataStreamAddress": "",
              "TrainIdSource": "usb:zz:1"}
     with DeviceTestContext(Timepix3, properties=props, process=True, timeout=30) as d:
         assert d.state() == DevState.FAULT

@@ -913,7 +913,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                 result.trigger_edges += len(tr)
                 writer.append_triggers(tr)
                 table = trig_pp.process(Decoded(PixelHits.empty(), tr, decoded.counts)).triggers
-                writer.append_trigger_table(table)
+                writer.append_trigger_table(table, start_time_ns=info.header_time_ns or 0)
                 result.triggers += len(table)
                 if tw_lut is not None and len(px):
                     px = PixelHits(px.x, px.y, correct_pixel_toa(px.toa, px.tot, tw_lut), px.tot, px.chip)

@@ -99,7 +99,10 @@ TIMEPIX: dict[str, DatasetSpec] = {
     "event trigger": _spec("timing/timepix/event trigger", np.float64, "s",
                            "trigger (TDC1 rising edge) time on the Timepix clock"),
     "timestamp": _spec("timing/timepix/timestamp", np.uint64, "ns",
-                       "trigger time on the Timepix clock, rounded to integer ns"),
+                       "ns since the epoch (pymepix): the raw file header's wall clock plus 'trigger time' "
+                       "(input without a header: 'trigger time')"),
+    "trigger time": _spec("timing/timepix/trigger time", np.uint64, "ns",
+                          "trigger time on the Timepix clock, rounded to integer ns"),
     "tdc counter": _spec("timing/timepix/tdc counter", np.uint16, "",
                          "12-bit TDC trigger counter of the edge (gaps = lost triggers)"),
 }
@@ -174,15 +177,18 @@ def centroids_columns(centroids: Any) -> dict[str, np.ndarray]:
     }
 
 
-def trigger_table_columns(table: Any) -> dict[str, np.ndarray]:
-    """``TriggerTable`` (trigger_nr, time [fine units], counter) -> ``timing/timepix`` columns."""
+def trigger_table_columns(table: Any, start_time_ns: int = 0) -> dict[str, np.ndarray]:
+    """``TriggerTable`` (trigger_nr, time [fine units], counter) -> ``timing/timepix`` columns;
+    ``start_time_ns``: the raw file header's wall clock (ns since the epoch), added to the
+    trigger time for ``timestamp``."""
     t = np.asarray(table.time, dtype=np.int64)
     # integer ns, rounded half up, without going through float for large times
-    ns = (t * 25 + 2048) // 4096
+    ns = np.maximum((t * 25 + 2048) // 4096, 0).astype(np.uint64)
     return {
         "trigger nr": np.asarray(table.trigger_nr, dtype=np.int64),
         "event trigger": t * _UNIT_S,
-        "timestamp": np.maximum(ns, 0).astype(np.uint64),
+        "timestamp": ns + np.uint64(start_time_ns),
+        "trigger time": ns,
         "tdc counter": np.asarray(table.counter, dtype=np.uint16),
     }
 
@@ -364,10 +370,11 @@ class Hdf5Writer:
             self._events_seen["centroided"].update(centroids.trigger_nr)
             self._tables["centroided"].append(centroids_columns(centroids))
 
-    def append_trigger_table(self, table: Any) -> None:
-        """Append a ``TriggerTable`` (one row per TDC1 rising edge) to ``timing/timepix/*``."""
+    def append_trigger_table(self, table: Any, start_time_ns: int = 0) -> None:
+        """Append a ``TriggerTable`` (one row per TDC1 rising edge) to ``timing/timepix/*``;
+        ``start_time_ns``: the raw file header's wall clock, ns since the epoch."""
         if len(table.time):
-            self._tables["timing/timepix"].append(trigger_table_columns(table))
+            self._tables["timing/timepix"].append(trigger_table_columns(table, start_time_ns))
 
     def append_triggers(self, triggers: Any) -> None:
         """Append decoded ``Triggers`` edges to ``triggers/trigger1/time`` and ``trigger2/time``."""

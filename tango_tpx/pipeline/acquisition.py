@@ -29,6 +29,7 @@ found by its exit code; both show in :meth:`AcquisitionPipeline.fault`.
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
 import os
 import threading
 import time
@@ -70,11 +71,13 @@ class _Collector(threading.Thread):
     """Receives the final outputs in the caller's process; re-orders and delivers them."""
 
     def __init__(self, address: str, expected_eos: int, data_queue: Any, pub: zmq.Socket | None,
-                 counters: SharedCounters) -> None:
+                 counters: SharedCounters, convert: Any = None, end_marker: bool = False) -> None:
         super().__init__(name="pipeline-collector", daemon=True)
         self.address = address
         self.expected_eos = expected_eos
         self.data_queue = data_queue
+        self.convert = convert          # typed record -> pymepix shape (None: typed records)
+        self.end_marker = end_marker    # put None on data_queue at the end (feeds a queue stage)
         self.pub = pub
         self.counters = counters
         self.ready = threading.Event()
@@ -119,10 +122,14 @@ class _Collector(threading.Thread):
             self.ready.set()
             if sock is not None:
                 sock.close(linger=0)
+            if self.end_marker:
+                self.data_queue.put(None)
             self.done.set()
 
     def _deliver(self, frames, mtype, data) -> None:
         if self.data_queue is not None:
+            if self.convert is not None:
+                data = self.convert(mtype, data)
             self.data_queue.put((mtype, data))
         if self.pub is not None:
             try:
@@ -138,13 +145,24 @@ class AcquisitionPipeline:
     name: label; data_queue: where ``(MessageType, data)`` results go (anything with
     ``put``), or None. Extras: ``stream_address`` (bind a ZMQ PUB there and publish the
     results, see :mod:`tango_tpx.pipeline.messages`), ``counters``/``preview`` (shared
-    objects to use instead of private ones).
+    objects to use instead of private ones), ``typed_records``: True (default here) puts
+    the typed zero-copy records on ``data_queue`` and sends each message to the stage
+    that consumes it only; False (the default of the :mod:`tango_tpx.processing`
+    classes) converts them to pymepix's tuples and units (:mod:`tango_tpx.processing.shapes`)
+    and, as pymepix's stages do, passes every message on to ``data_queue``.
+
+    Stages: the built-in (zero-copy) stages come first; custom pymepix-style stages
+    (queue mode, see :class:`~.baseplugin.BasePipelineObject`) run after them, fed with
+    what the built-in stages deliver, and the last one pushes to ``data_queue``.
     """
 
     def __init__(self, name: str, data_queue: Any = None, *, stream_address: str | None = None,
-                 counters: SharedCounters | None = None, preview: SharedPreview | None = None) -> None:
+                 counters: SharedCounters | None = None, preview: SharedPreview | None = None,
+                 typed_records: bool = True) -> None:
         self.name = name
         self._data_queue = data_queue
+        self.typed_records = bool(typed_records)
+        self._user_queue: Any = None
         self._stages: list[AcquisitionStage] = []
         self._running = False
         self.stream_address = stream_address
@@ -190,11 +208,27 @@ class AcquisitionPipeline:
         return self._running
 
     # -- start ----------------------------------------------------------------------------
-    def _wire(self) -> None:
+    def _split_stages(self) -> tuple[list[AcquisitionStage], list[AcquisitionStage]]:
+        """(built-in zero-copy stages, custom queue-mode stages); ValueError if a built-in
+        stage follows a custom one or a custom stage would get raw UDP chunks."""
+        native = [s for s in self._stages if s.zero_copy]
+        custom = [s for s in self._stages if not s.zero_copy]
+        if native and custom:
+            first_custom = min(s.stage for s in custom)
+            late = [s for s in native if s.stage > first_custom]
+            if late:
+                raise ValueError(
+                    f"stage {late[0].stage} ({late[0].klass.__name__}) cannot run after the custom stage "
+                    f"{first_custom}: custom stages come after the built-in ones")
+            if getattr(native[-1].klass, "uses_raw_ring", False):
+                raise ValueError(f"custom stage {first_custom} would receive raw UDP chunks: add a "
+                                 "PipelinePacketProcessor stage between the receiver and it")
+        return native, custom
+
+    def _wire(self, native: list[AcquisitionStage], wants: bool) -> None:
         run = self._run_dir
-        wants = bool(self._data_queue is not None or self._pub is not None)
         inputs: list[list[str]] = []
-        for i, s in enumerate(self._stages):
+        for i, s in enumerate(native):
             if i == 0:
                 inputs.append([])
             elif s.numProcess == 1:
@@ -203,9 +237,9 @@ class AcquisitionPipeline:
                 inputs.append([transport.ipc_address(run, f"s{i}-{k}") for k in range(s.numProcess)])
         collector = transport.ipc_address(run, "collector")
         self._rings = []
-        settings: list[dict] = [{} for _ in self._stages]
-        for i, s in enumerate(self._stages[:-1]):
-            nxt = self._stages[i + 1]
+        settings: list[dict] = [{} for _ in native]
+        for i, s in enumerate(native[:-1]):
+            nxt = native[i + 1]
             if getattr(s.klass, "uses_raw_ring", False) and getattr(nxt.klass, "raw_ring_ok", False):
                 chunk = max(MAX_DATAGRAM, int(s._kwargs.get("chunk_bytes", DEFAULT_CHUNK_BYTES)))
                 ring = RawRing(RAW_RING_SLOTS, chunk + MAX_DATAGRAM)
@@ -215,14 +249,19 @@ class AcquisitionPipeline:
                 ring = MsgRing(MSG_RING_SLOTS, MSG_RING_SLOT_BYTES)
                 self._rings.append(ring)
                 settings[i]["out_ring"] = settings[i + 1]["in_ring"] = ring
-        for i, s in enumerate(self._stages):
-            nxt = self._stages[i + 1] if i + 1 < len(self._stages) else None
+        for i, s in enumerate(native):
+            nxt = native[i + 1] if i + 1 < len(native) else None
             down_types = frozenset(nxt.klass.accepts) if nxt is not None else frozenset()
-            forward = (DATA_TYPES - down_types) if wants else frozenset()
+            if not wants:
+                forward = frozenset()
+            elif self.typed_records:
+                forward = DATA_TYPES - down_types
+            else:                       # pymepix: every stage passes its input on
+                forward = DATA_TYPES
             s.wirings = [StageWiring(
                 counters=self.counters, preview=self.preview_shared, parent_pid=os.getpid(),
                 input_address=inputs[i][k] if inputs[i] else None,
-                expected_eos=self._stages[i - 1].numProcess if i else 0,
+                expected_eos=native[i - 1].numProcess if i else 0,
                 down_addresses=list(inputs[i + 1]) if nxt is not None else [],
                 down_types=down_types, collector_address=collector, forward_types=forward,
                 stage_slot=i, next_slot=i + 1, worker_index=k, settings=settings[i],
@@ -231,11 +270,19 @@ class AcquisitionPipeline:
             ) for k in range(s.numProcess)]
         self._collector_address = collector
 
+    def _converter(self) -> Any:
+        if self.typed_records:
+            return None
+        from ..processing.shapes import to_pymepix
+        return to_pymepix
+
     def start(self) -> None:
         """Build and start every stage; returns once all report ready.
 
-        Raises OSError (naming the UDP address) if the receiver cannot bind, RuntimeError
-        if a stage fails to start.
+        Raises OSError (naming the UDP address) if the receiver cannot bind, ValueError for
+        an impossible stage order, RuntimeError if a stage fails to start, or whatever the
+        first failing stage constructor raised. A failed start leaves nothing behind (no
+        process, socket, shared memory or temporary directory).
         """
         with self._lock:
             if self._running:
@@ -244,6 +291,8 @@ class AcquisitionPipeline:
             self._stopping = False
             self.counters.ctrl[CTRL_DRAIN] = 0
             self.counters.ctrl[CTRL_FORCE] = 0
+            native, custom = self._split_stages()
+            self._collector = None
             self._run_dir = transport.make_run_dir()
             try:
                 if self.stream_address:
@@ -252,13 +301,25 @@ class AcquisitionPipeline:
                     self._pub.setsockopt(zmq.LINGER, 0)
                     self._pub.setsockopt(zmq.SNDHWM, 1000)
                     self._pub.bind(self.stream_address)
-                self._wire()
-                n_proc = sum(s.numProcess for s in self._stages)
-                self._collector = _Collector(self._collector_address, n_proc, self._data_queue,
-                                             self._pub, self.counters)
-                self._collector.start()
-                self._collector.ready.wait(5.0)
-                for s in self._stages:
+                # custom stages: pymepix queues; the first one reads what the collector delivers
+                self._user_queue = mp.Queue() if (custom and native) else None
+                prev_out = self._user_queue
+                for i, s in enumerate(custom):
+                    last = i == len(custom) - 1
+                    out = (self._data_queue if self._data_queue is not None else []) if last else None
+                    s.build(input_queue=prev_out, output_queue=out)
+                    prev_out = s.outputQueue
+                if native:
+                    wants = bool(self._data_queue is not None or self._pub is not None or custom)
+                    self._wire(native, wants)
+                    n_proc = sum(s.numProcess for s in native)
+                    target = self._user_queue if custom else self._data_queue
+                    self._collector = _Collector(self._collector_address, n_proc, target, self._pub,
+                                                 self.counters, convert=self._converter(),
+                                                 end_marker=bool(custom))
+                    self._collector.start()
+                    self._collector.ready.wait(5.0)
+                for s in native:
                     if s.klass not in _warm:
                         s.klass.warm_up()
                         _warm.add(s.klass)
@@ -272,7 +333,10 @@ class AcquisitionPipeline:
                 self._running = True
                 self._wait_ready()
             except BaseException:
-                self._teardown(force=True)
+                try:
+                    self._teardown(force=True)
+                except Exception:  # the first error is the one to report
+                    pass
                 raise
 
     def _wait_ready(self) -> None:
@@ -286,7 +350,7 @@ class AcquisitionPipeline:
                 if info is not None and info[3]:
                     raise OSError(info[1], info[2])
                 raise RuntimeError(f"pipeline failed to start: {self._errors[0]}")
-            dead = [p for s in self._stages for p in s.processes
+            dead = [p for s in self._stages if s.zero_copy for p in s.processes
                     if p.exitcode is not None and id(p) not in ready]
             if dead:
                 self._poll_reports(0.2, ready_sink=ready)
@@ -343,7 +407,8 @@ class AcquisitionPipeline:
             for s in self._stages:
                 for p in s.processes:
                     code = p.exitcode
-                    if code is not None and not any(f"stage {p.name} " in m for m in self._errors):
+                    if code is not None and (code or s.zero_copy) and \
+                            not any(f"stage {p.name} " in m for m in self._errors):
                         msgs.append(f"stage {p.name} (pid {p.pid}) died with exit code {code}")
         if self._collector is not None and self._collector.error:
             msgs.append(self._collector.error)
@@ -413,22 +478,28 @@ class AcquisitionPipeline:
         c.ctrl[CTRL_DRAIN] = 1
         if force:
             c.ctrl[CTRL_FORCE] = 1
+        native = [s for s in self._stages if s.zero_copy]
+        custom = [s for s in self._stages if not s.zero_copy]
+        for s in custom:                            # sources stop on enable, the rest on None
+            for p in s.processes:
+                if force or s._input_queue is None:
+                    p.enable = False
         deadline = t0 + (0.5 if force else DRAIN_S)
-        for s in self._stages:
+        for s in native:
             s.join(deadline)
             self._poll_reports(0.0)
-        if any(s.alive() for s in self._stages):
+        if any(s.alive() for s in native):
             c.ctrl[CTRL_FORCE] = 1                  # stages exit at their next poll (50 ms)
             forced = time.monotonic() + 0.3
-            for s in self._stages:
+            for s in native:
                 s.join(forced)
-            for s in self._stages:                  # SIGTERM, then SIGKILL
+            for s in native:                        # SIGTERM, then SIGKILL
                 for p in s.alive():
                     p.terminate()
             killed = time.monotonic() + 0.2
-            for s in self._stages:
+            for s in native:
                 s.join(killed)
-            for s in self._stages:
+            for s in native:
                 s.kill(grace=0.0)
         self._poll_reports(0.0)
         col = self._collector
@@ -438,6 +509,14 @@ class AcquisitionPipeline:
             col.join(1.0)
             if col.ctx is not None and not col.is_alive():
                 col.ctx.term()
+        if custom and self._user_queue is not None and col is None:
+            self._user_queue.put(None)              # the collector never ran
+        custom_end = t0 + (1.0 if force else 4.2)
+        for i, s in enumerate(custom):
+            if not s.join(custom_end):
+                s.kill(grace=0.2)
+            if i + 1 < len(custom):
+                s.outputQueue.put(None)             # pymepix's end marker for the next stage
         if self._pub is not None:
             self._pub.close(linger=PUB_LINGER_MS)    # let connected viewers get the tail
             self._pub_ctx.term()
@@ -447,6 +526,7 @@ class AcquisitionPipeline:
         for ring in self._rings:
             ring.close()
         self._rings = []
+        self._user_queue = None
         if self._run_dir:
             transport.remove_run_dir(self._run_dir)
             self._run_dir = None
@@ -470,7 +550,9 @@ class PixelPipeline(AcquisitionPipeline):
     address: (host, port) to receive on; longtime: initial 48-bit global time (25 ns
     ticks) or a ``multiprocessing.Value`` holding it, or None; event_window: (min, max)
     ToF in s. Keyword extras: layout ('single' | 'quad'), stream_address, counters,
-    preview, preview_period_s, timewalk_lut, chunk_bytes, flush_timeout, rcvbuf_bytes.
+    preview, preview_period_s, timewalk_lut, chunk_bytes, flush_timeout, rcvbuf_bytes,
+    typed_records (see :class:`AcquisitionPipeline`; the pymepix-shaped subclass is
+    :class:`tango_tpx.processing.acquisition.PixelPipeline`).
     Settings take effect at the next :meth:`start`.
     """
 
@@ -479,11 +561,13 @@ class PixelPipeline(AcquisitionPipeline):
                  *, layout: str = "single", stream_address: str | None = None,
                  counters: SharedCounters | None = None, preview: SharedPreview | None = None,
                  preview_period_s: float = 1.0, timewalk_lut: Any = None, chunk_bytes: int = 4 << 20,
-                 flush_timeout: float = 0.3, rcvbuf_bytes: int = 256 << 20) -> None:
+                 flush_timeout: float = 0.3, rcvbuf_bytes: int = 256 << 20,
+                 typed_records: bool = True) -> None:
         if preview is None:
             side = 516 if layout == "quad" else 256
             preview = SharedPreview(side, side)
-        super().__init__(name, data_queue, stream_address=stream_address, counters=counters, preview=preview)
+        super().__init__(name, data_queue, stream_address=stream_address, counters=counters, preview=preview,
+                         typed_records=typed_records)
         self.address = address
         self.longtime = longtime
         self._use_events = bool(use_event)

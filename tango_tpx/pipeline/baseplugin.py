@@ -59,13 +59,26 @@ class BasePipelineObject(mp.Process):
     """Base class of every stage (pymepix API: ``enable``, ``hasOutput``, ``outputQueues``,
     ``pre_run``, ``post_run``, ``process``, ``pushOutput``, ``run``).
 
+    Two transports, chosen by the class (:meth:`zero_copy_transport`):
+
+    * zero-copy (the built-in stages, and any stage declaring :attr:`accepts`): ZeroMQ
+      frames of numpy buffers and shared-memory rings, wired by the pipeline;
+    * queue mode (a pymepix-style subclass that only overrides :meth:`process`): pickled
+      ``(MessageType, data)`` tuples on ``multiprocessing`` queues, exactly pymepix's
+      contract: ``process`` returns ``(type, data)`` or ``(None, None)``, the input is
+      passed on when ``propogate_input``, ``None`` on the input queue ends the stage.
+
     Parameters
     ----------
     name: process/stage name used in reports.
-    input_queue: the stage input address (``ipc://...``) or None for a source.
-    shared_output: ignored placeholder of the pymepix signature (outputs come from the
-        wiring set by :class:`~tango_tpx.pipeline.stage.AcquisitionStage`).
-    wiring: a :class:`StageWiring` (set by the stage builder).
+    input_queue: queue mode: the ``multiprocessing.Queue`` to read (None: a source whose
+        ``process()`` is called while :attr:`enable` is set); zero-copy: the input address.
+    create_output, num_outputs: queue mode without ``shared_output``: create that many
+        output queues (pymepix).
+    shared_output: queue mode: the queue (or list of queues) to push results to.
+    propogate_input: queue mode: pass every input message on after processing it (pymepix
+        spelling kept).
+    wiring: a :class:`StageWiring` (zero-copy mode, set by the stage builder).
     """
 
     #: message types this stage consumes (used to route the previous stage's output).
@@ -77,14 +90,32 @@ class BasePipelineObject(mp.Process):
     #: (:class:`~.shmring.MsgRing`), read-only and valid until ``process`` returns.
     msg_ring_ok: bool = False
 
-    def __init__(self, name: str, input_queue: str | None = None, create_output: bool = True,
-                 num_outputs: int = 1, shared_output: Any = None, wiring: StageWiring | None = None,
-                 conn=None, **kwargs: Any) -> None:
+    @classmethod
+    def zero_copy_transport(cls) -> bool:
+        """True for stages written for the zero-copy transport: they declare the message
+        types they consume (:attr:`accepts`) or feed the raw ring (the UDP receiver).
+        Any other subclass (a pymepix-style stage that only overrides :meth:`process`)
+        runs in queue mode on ``multiprocessing`` queues."""
+        return bool(cls.accepts) or bool(getattr(cls, "uses_raw_ring", False))
+
+    def __init__(self, name: str, input_queue: Any = None, create_output: bool = True,
+                 num_outputs: int = 1, shared_output: Any = None, propogate_input: bool = True, *,
+                 wiring: StageWiring | None = None, conn=None, **kwargs: Any) -> None:
         super().__init__(name=name, daemon=True)
         self.wiring = wiring
         if wiring is not None and input_queue is not None:
             wiring.input_address = input_queue
+        self.input_queue = input_queue
         self._create_output = create_output
+        self._propagate_input = bool(propogate_input)
+        # queue mode (no wiring): pymepix's multiprocessing queues, built as pymepix does
+        self.output_queue: list = []
+        if wiring is None:
+            if shared_output is not None:
+                self.output_queue.extend(shared_output if isinstance(shared_output, list) else [shared_output])
+            elif create_output:
+                self.output_queue.extend(mp.Queue() for _ in range(int(num_outputs)))
+        self._creator_pid = os.getpid()
         self._conn = conn
         self._enable = mp.RawValue(ctypes.c_int8, 1)
         self._send_lock = threading.Lock()
@@ -103,15 +134,18 @@ class BasePipelineObject(mp.Process):
     def enable(self, value: bool) -> None:
         self._enable.value = 1 if value else 0
 
-    def hasOutput(self) -> bool:
-        w = self.wiring
-        return bool(w and (w.down_addresses or w.collector_address))
+    @classmethod
+    def hasOutput(cls) -> bool:
+        """Whether this class produces results (pymepix: True for every processing stage)."""
+        return True
 
-    def outputQueues(self) -> list[str]:
-        """Addresses this stage sends to."""
+    @property
+    def outputQueues(self) -> list:
+        """Where this stage sends: its multiprocessing queues (queue mode) or the ZeroMQ
+        addresses of the next stage and the collector (zero-copy mode)."""
         w = self.wiring
         if w is None:
-            return []
+            return list(self.output_queue)
         return list(w.down_addresses) + ([w.collector_address] if w.collector_address else [])
 
     @classmethod
@@ -135,17 +169,25 @@ class BasePipelineObject(mp.Process):
 
     def pushOutput(self, data_type: MessageType, data: Any, seq: int | None = None,
                    meta: dict | None = None) -> bool:
-        """Send one message downstream (if the next stage consumes its type) and/or to
-        the collector (if the pipeline's consumer wants it). Returns False if dropped."""
+        """Send one message on. Queue mode: ``(data_type, data)`` is put on every output
+        queue (pickled, as pymepix does). Zero-copy mode: to the next stage if it consumes
+        this type and to the collector if the pipeline's consumer wants it (both when the
+        pipeline propagates every message). Returns False if dropped."""
         w = self.wiring
+        if w is None:
+            for q in self.output_queue:
+                if q is not None:
+                    q.put((data_type, data))
+            return True
         if seq is None:      # consecutive per message type (the collector re-orders on it)
             seq = self._out_seq.get(data_type, 0)
             self._out_seq[data_type] = seq + 1
         ok = True
         if data_type in w.down_types and self._down:
             ok = self._send_round_robin(data_type, data, seq, meta)
-        elif data_type in w.forward_types and self._collector is not None:
-            ok = transport.send(self._collector, data_type, data, seq, meta, block_s=1e9, abort=self._forced)
+        if data_type in w.forward_types and self._collector is not None:
+            ok = transport.send(self._collector, data_type, data, seq, meta, block_s=1e9,
+                                abort=self._forced) and ok
         return ok
 
     # -- helpers for subclasses -----------------------------------------------------------
@@ -227,6 +269,12 @@ class BasePipelineObject(mp.Process):
 
     def run(self) -> None:
         """Process entry point: set up, loop, drain, report; exit code 1 on a fatal error."""
+        if self.wiring is None:
+            if self.zero_copy_transport():
+                raise RuntimeError(f"{type(self).__name__} runs inside an AcquisitionPipeline "
+                                   "(add it with addStage)")
+            self._run_queue_mode()
+            return
         code = 0
         self._ctx = None
         try:
@@ -320,3 +368,57 @@ class BasePipelineObject(mp.Process):
                 out = self.process(mtype, data)
             if out is not None and out[0] is not None:
                 self.pushOutput(out[0], out[1])
+
+    # -- queue mode (pymepix-style stages) ------------------------------------------------
+    def _queue_get(self) -> tuple[bool, Any]:
+        """Next input item; (False, None) when the parent is gone (no orphans)."""
+        import queue as queue_mod
+        while True:
+            try:
+                return True, self.input_queue.get(timeout=POLL_S)
+            except queue_mod.Empty:
+                if os.getppid() != self._creator_pid:
+                    return False, None
+
+    def _push_result(self, out: Any) -> None:
+        if out is not None and out[0] is not None and out[1] is not None:
+            self.pushOutput(out[0], out[1])
+
+    def _run_queue_mode(self) -> None:
+        """pymepix's loop: take ``(type, data)`` from the input queue until ``None`` (put
+        back for the sibling processes), call :meth:`process`, pass the input on when
+        ``propogate_input``, push the result; without an input queue call :meth:`process`
+        while :attr:`enable` is set. An exception ends the loop with exit code 1 after
+        :meth:`post_run` (the traceback goes to stderr and the pipeline reports the code)."""
+        code = 0
+        try:
+            self.pre_run()
+            while True:
+                enabled = self.enable
+                if self.input_queue is not None:
+                    ok, value = self._queue_get()
+                    if not ok:
+                        break
+                    if value is None:
+                        self.input_queue.put(None)
+                        break
+                    if not enabled:
+                        continue
+                    out = self.process(*value)
+                    if self._propagate_input:
+                        self.pushOutput(*value)
+                else:
+                    if not enabled or os.getppid() != self._creator_pid:
+                        break
+                    out = self.process()
+                self._push_result(out)
+        except Exception:
+            code = 1
+            traceback.print_exc()
+        try:
+            self._push_result(self.post_run())
+        except Exception:
+            code = 1
+            traceback.print_exc()
+        if code:
+            raise SystemExit(code)

@@ -72,26 +72,51 @@ class AcquisitionStage:
         """Parent ends of the per-process pipes (reports, commands)."""
         return self._conns
 
+    @property
+    def zero_copy(self) -> bool:
+        """True when the configured class uses the zero-copy transport (built-in stages)."""
+        k = self._pipeline_klass
+        return bool(k is not None and getattr(k, "zero_copy_transport", lambda: False)())
+
+    @property
+    def outputQueue(self) -> Any:
+        """Queue mode: the queue this stage's processes push to (pymepix)."""
+        return self._output_queue
+
     def build(self, input_queue: Any = None, output_queue: Any = None, file_writer: Any = None) -> None:
-        """Create (not start) the processes. ``input_queue``/``output_queue`` are kept for the
-        pymepix signature; the actual endpoints come from :attr:`wirings`."""
-        self._input_queue, self._output_queue = input_queue, output_queue
+        """Create (not start) the processes.
+
+        Zero-copy stages get their endpoints from :attr:`wirings` (``input_queue`` and
+        ``output_queue`` are ignored). Queue-mode stages are built as pymepix does:
+        ``klass(*args, **kwargs, input_queue=input_queue, shared_output=output_queue)``,
+        with a new ``multiprocessing.Queue`` as output when ``output_queue`` is None.
+        """
         if self._pipeline_klass is None:
             raise RuntimeError(f"stage {self.stage} has no class configured")
+        self._pipeline_objects, self._conns, self._child_conns = [], [], []
+        if not self.zero_copy:
+            self._input_queue = input_queue
+            self._output_queue = output_queue if output_queue is not None else mp.Queue()
+            for _ in range(self._num_processes):
+                p = self._pipeline_klass(*self._args, **self._kwargs, input_queue=input_queue,
+                                         shared_output=self._output_queue)
+                p.daemon = True
+                self._pipeline_objects.append(p)
+            return
+        self._input_queue, self._output_queue = input_queue, output_queue
         if len(self.wirings) != self._num_processes:
             raise RuntimeError(f"stage {self.stage}: {len(self.wirings)} wirings for {self._num_processes} processes")
-        self._pipeline_objects, self._conns, self._child_conns = [], [], []
         base = self._pipeline_klass.__name__
         for k, wiring in enumerate(self.wirings):
             parent_end, child_end = self.mp_context.Pipe(duplex=True)
+            self._conns.append(parent_end)
+            self._child_conns.append(child_end)
             kwargs = dict(self._kwargs)
             kwargs.setdefault("name", base)
             kwargs["name"] = f"{kwargs['name']}-{k}" if self._num_processes > 1 else kwargs["name"]
             p = self._pipeline_klass(*self._args, input_queue=wiring.input_address, wiring=wiring,
                                      conn=child_end, **kwargs)
             self._pipeline_objects.append(p)
-            self._conns.append(parent_end)
-            self._child_conns.append(child_end)
 
     def start(self) -> None:
         for p in self._pipeline_objects:
@@ -100,12 +125,16 @@ class AcquisitionStage:
             c.close()
         self._child_conns = []
 
+    def started(self) -> list:
+        """The processes that were started (a failed start may leave some unstarted)."""
+        return [p for p in self._pipeline_objects if p.pid is not None]
+
     def alive(self) -> list:
-        return [p for p in self._pipeline_objects if p.is_alive()]
+        return [p for p in self.started() if p.is_alive()]
 
     def join(self, deadline: float) -> bool:
-        """Wait until ``deadline`` (monotonic s) for all processes; True if all ended."""
-        for p in self._pipeline_objects:
+        """Wait until ``deadline`` (monotonic s) for all started processes; True if all ended."""
+        for p in self.started():
             p.join(max(0.0, deadline - time.monotonic()))
         return not self.alive()
 
@@ -121,11 +150,11 @@ class AcquisitionStage:
         for p in self.alive():
             p.terminate()
         end = time.monotonic() + grace
-        for p in self._pipeline_objects:
+        for p in self.started():
             p.join(max(0.0, end - time.monotonic()))
         for p in self.alive():
             p.kill()
-        for p in self._pipeline_objects:
+        for p in self.started():
             p.join(1.0)
 
     def release(self) -> None:

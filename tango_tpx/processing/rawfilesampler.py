@@ -74,16 +74,27 @@ class RawFileSampler:
         )
         return self.result
 
+    def _header_time_ns(self) -> int | None:
+        """The input's header wall clock (ns since the epoch), or None (no header / no file)."""
+        try:
+            from tango_tpx.tpx3.files import inspect_file
+            return inspect_file(self._filename).header_time_ns
+        except (OSError, ValueError):
+            return None
+
     def saveToHDF5(self, output_file, raw, clusters, timeStamps, trigger1, trigger2):  # noqa: N802,N803
         """Append one batch to ``output_file`` in the tango-tpx layout (pymepix's signature).
 
         Each argument may be ``None`` (skipped), a tango-tpx container (``Events``,
-        ``Centroids``, ``TriggerTable``; times in 25/4096 ns units) or pymepix tuples/arrays
-        in pymepix's units: raw = (trigger nr, x, y, tof [s], tot [ns]); clusters =
-        (trigger nr, x, y, tof [s], tot avg [ns], tot max [ns], clustersize);
-        timeStamps = (trigger nr, timestamp [s, pymepix's trigger time]); trigger1/2 =
-        edge times [s] (negative = falling). The file is created with the full layout if
-        needed and marked ``complete`` after the batch is written.
+        ``Centroids``, ``TriggerTable``; times in 25/4096 ns units) or what pymepix passes:
+        raw = (trigger nr, x, y, tof [s], tot [ns]); clusters = (trigger nr, x, y, tof [s],
+        tot avg [ns], tot max [ns], clustersize) as 7 arrays or one (7, N) array;
+        timeStamps = (trigger nr, timestamp [ns since the epoch: header time + trigger
+        time], as :class:`~.logic.packet_processor.PacketProcessor` returns with
+        ``start_time`` = the header time); trigger1/2 = edge times [s] (negative = falling).
+        ``timing/timepix/trigger time`` and ``event trigger`` are the timestamp minus the
+        input file's header time (NaN / 0 when the file has no header). The file is created
+        with the full layout if needed and marked ``complete`` after the batch is written.
         """
         from tango_tpx.io import hdf5 as H
 
@@ -101,19 +112,25 @@ class RawFileSampler:
                 tables["centroided"] = H.centroids_columns(clusters)
             else:
                 tn, x, y, tof, tavg, tmax, size = clusters
-                tmax = np.asarray(tmax)
                 tables["centroided"] = {"trigger nr": tn, "x": x, "y": y, "tof": tof, "tot avg": tavg,
                                         "tot max": tmax, "tot sum": np.rint(np.asarray(tavg, np.float64)
                                                            * np.asarray(size, np.float64)),
                                         "clustersize": size}
         if timeStamps is not None:
+            start = self._header_time_ns()
             if hasattr(timeStamps, "trigger_nr"):
-                tables["timing/timepix"] = H.trigger_table_columns(timeStamps)
+                tables["timing/timepix"] = H.trigger_table_columns(timeStamps, start or 0)
             else:
                 tn, ts = timeStamps
-                ts = np.asarray(ts, np.float64)
-                tables["timing/timepix"] = {"trigger nr": tn, "event trigger": ts,
-                                            "timestamp": np.rint(ts * 1e9).astype(np.uint64),
+                ts = np.asarray(ts, np.uint64)
+                if start is None:
+                    trig_ns = np.zeros(len(ts), np.uint64)
+                    trig_s = np.full(len(ts), np.nan)
+                else:
+                    trig_ns = ts - np.uint64(start)
+                    trig_s = trig_ns.astype(np.float64) * 1e-9
+                tables["timing/timepix"] = {"trigger nr": tn, "event trigger": trig_s, "timestamp": ts,
+                                            "trigger time": trig_ns,
                                             "tdc counter": np.zeros(len(ts), np.uint16)}
         for ch, t in ((1, trigger1), (2, trigger2)):
             if t is not None:

@@ -46,7 +46,7 @@ class _PymepixStages:
 
     def _reconfigureCentroid(self) -> None:
         if self.typed_records:
-            return super()._reconfigureCentroid()
+            return _zc.CentroidPipeline._reconfigureCentroid(self)
         args = dict(self._clustering_args)
         args.setdefault("tot_threshold", self._tot_threshold * 25)
         calc = CentroidCalculator(cent_timewalk_lut=self._cent_lut, clustering_args=args,
@@ -54,7 +54,7 @@ class _PymepixStages:
         self.getStage(4).configureStage(PipelineCentroidCalculator, centroid_calculator=calc)
 
 
-class PixelPipeline(_PymepixStages, _zc.PixelPipeline):
+class PixelPipeline(_PymepixStages, _zc.PixelPipeline, AcquisitionPipeline):
     """UDP receiver + decoder (pymepix): ``PixelData``, with ``use_event`` also
     ``EventData``. longtime: ``multiprocessing.Value`` (or int) with the 48-bit global
     time in 25 ns ticks, read for every chunk (None: anchor on the stream's global-time
@@ -69,7 +69,7 @@ class PixelPipeline(_PymepixStages, _zc.PixelPipeline):
                          typed_records=typed_records, **kwargs)
 
 
-class CentroidPipeline(_PymepixStages, _zc.CentroidPipeline):
+class CentroidPipeline(_zc.CentroidPipeline, PixelPipeline):
     """PixelPipeline + centroiding (pymepix): ``PixelData``, ``EventData`` and
     ``CentroidData``. ``numBlobProcesses`` (default 1) and the clustering settings
     (``totThreshold`` ns, ``epsilon``, ``samples``, ``centroidSkip``, ``dbscanClustering``,
@@ -79,6 +79,8 @@ class CentroidPipeline(_PymepixStages, _zc.CentroidPipeline):
                  typed_records: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("dbscan_clustering", LIVE_DBSCAN_DEFAULT)
         super().__init__(data_queue, address, longtime, typed_records=typed_records, **kwargs)
+
+    _reconfigureCentroid = _PymepixStages._reconfigureCentroid
 
     def _arg(self, key: str, default: Any) -> Any:
         return self._clustering_args.get(key, default)

@@ -203,7 +203,9 @@ def test_centroid_pipeline_capture_matches_spec(tmp_path):
     tp = read_table(out, "timing/timepix")
     np.testing.assert_array_equal(tp["trigger nr"], np.arange(14))
     assert np.max(np.abs(tp["event trigger"] - trig * UNIT_S)) <= 1e-9
-    np.testing.assert_array_equal(tp["timestamp"], np.rint(trig * 25 / 4096).astype(np.uint64))
+    np.testing.assert_array_equal(tp["trigger time"], np.rint(trig * 25 / 4096).astype(np.uint64))
+    header_ns = int.from_bytes(src.read_bytes()[:8], "little")           # pymepix: header + trigger time
+    np.testing.assert_array_equal(tp["timestamp"], np.rint(trig * 25 / 4096).astype(np.uint64) + np.uint64(header_ns))
     d = spec_decode(spec_read_words(src))
     for ch in (1, 2):
         t = read_table(out, f"triggers/trigger{ch}")["time"]

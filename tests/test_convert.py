@@ -502,7 +502,8 @@ def test_rawfilesampler_pymepix_api(tmp_path):
     raw = (np.array([0, 1]), np.array([3, 4]), np.array([5, 6]), np.array([1e-6, 2e-6]), np.array([25, 50]))
     clusters = (np.array([0]), np.array([3.5]), np.array([5.5]), np.array([1.5e-6]), np.array([37.5]),
                 np.array([50]), np.array([2]))
-    s.saveToHDF5(str(tup), raw, clusters, (np.array([0, 1]), np.array([0.5, 0.6])), np.array([0.5, -0.5]), None)
+    s.saveToHDF5(str(tup), raw, clusters, (np.array([0, 1]), np.array([500_000_000, 600_000_000], np.uint64)),
+                 np.array([0.5, -0.5]), None)   # pymepix timestamps: uint64 ns
     s.saveToHDF5(str(tup), raw, None, None, None, np.array([0.7]))
     assert check_layout(tup) == [] and is_complete(tup)
     r = read_table(tup, "raw")

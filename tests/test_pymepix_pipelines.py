@@ -235,3 +235,21 @@ def test_logic_classes_give_the_pipelines_values(pixel_run, centroid_run, refere
     cents = cc.process(tuple(ev_c))
     live = np.concatenate(centroid_run[MessageType.CentroidData], axis=1)
     np.testing.assert_array_equal(cents[:, np.lexsort((cents[3], cents[0]))], live[:, np.lexsort((live[3], live[0]))])
+
+
+@needs_capture
+@pytest.mark.timeout(120)
+def test_pymepix_example_script_runs():
+    """examples/pymepix_centroids.py: a pymepix script with only the package name changed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "examples" / "pymepix_centroids.py"
+    assert "from tango_tpx.processing import CentroidPipeline, MessageType" in script.read_text()
+    r = subprocess.run([sys.executable, str(script), str(CAPTURE)], capture_output=True, text=True, timeout=100,
+                       cwd=repo)
+    assert r.returncode == 0, r.stderr
+    assert "pixels: 1858, first toa 55835.440488025 s" in r.stdout
+    assert "centroids: 61," in r.stdout

@@ -7,6 +7,7 @@ UDP, as pymepix's tests do; with a SPIDR, drop ``send_capture`` and use its addr
 Usage: python examples/pymepix_centroids.py [CAPTURE.raw]
 """
 
+import queue
 import socket
 import sys
 import time
@@ -48,8 +49,11 @@ def main():
 
     counts = {}
     centroids = []
-    while not data_queue.empty():
-        data_type, data = data_queue.get()
+    while True:
+        try:
+            data_type, data = data_queue.get(timeout=1.0)
+        except queue.Empty:
+            break
         counts[data_type.name] = counts.get(data_type.name, 0) + 1
         if data_type == MessageType.PixelData:
             x, y, toa, tot = data

@@ -181,3 +181,27 @@ def test_stage_order_errors_are_clear():
     with pytest.raises(ValueError, match="PipelinePacketProcessor"):
         raw.start()
     assert not mp.active_children()
+
+
+@pytest.mark.timeout(40)
+def test_usbtrainid_is_a_process_reading_the_receiver():
+    from tango_tpx.processing.usbtrainid import USBTrainID
+    from tango_tpx.trainid.receiver import SimulatedReceiver
+
+    sim = SimulatedReceiver(rate_hz=50, start_train_id=5_000_000, beam_mode=3)
+    reader = USBTrainID(source=sim.path, reconnect_min_s=0.02, reconnect_max_s=0.1)
+    try:
+        transport = reader.connect_device()             # the receiver opens from the parent too
+        transport.close()
+        reader.start()
+        sim.start()
+        frames: list = []
+        wait_until(lambda: frames.extend(reader.get(0.1)) or len(frames) >= 10, 15, "10 train IDs")
+        ids = np.array([f.train_id for f in frames])
+        assert ids[0] >= 5_000_000 and np.all(np.diff(ids) == 1)
+        assert all(f.beam_mode == 3 for f in frames)
+        assert reader.status.startswith("connected: ")
+    finally:
+        reader.stop()
+        sim.stop()
+    assert not reader.is_alive() and reader.exitcode == 0

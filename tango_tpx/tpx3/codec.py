@@ -264,6 +264,17 @@ def _decode(words, tpx3, quad, st, counts,
     return np_, nt
 
 
+def stream_framing(layout: str) -> str:
+    """Framing of a live SPIDR stream for a chip ``layout``.
+
+    A single chip streams plain 64-bit words (``'raw'``); a 2x2 quad streams ASI
+    ``.tpx3`` chunks (a ``TPX3`` header word naming the chip, then its words).
+    """
+    if layout not in ("single", "quad"):
+        raise ValueError(f"layout must be 'single' or 'quad', not {layout!r}")
+    return "tpx3" if layout == "quad" else "raw"
+
+
 class Decoder:
     """Stateful SPIDR word decoder; feed it consecutive chunks of one stream.
 

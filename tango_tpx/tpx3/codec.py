@@ -4,7 +4,7 @@ Input: little-endian ``uint64`` SPIDR words as they come off the wire or out of 
 Output: structure-of-arrays :class:`PixelHits` and :class:`Triggers` with times as int64
 counts of 25/4096 ns, extended past the 30-bit (26.84 s) rollover, plus a count of every
 word category.  The layout facts live here and only here (see
-``shared/docs/tpx3-spidr-format.md``).
+``docs/tpx3-spidr-format.md``).
 
 Time extension ("longtime")
     The 30-bit coarse counter of every pixel and TDC word is extended to 48 bits by choosing

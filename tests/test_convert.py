@@ -1,7 +1,7 @@
 """Offline conversion raw/.tpx3 -> HDF5 (tango_tpx.io.convert, the convert CLI, RawFileSampler).
 
 Values are checked against an independent plain-numpy decode written here from the
-format notes (shared/docs/tpx3-spidr-format.md), and against simulator ground truth.
+format notes (docs/tpx3-spidr-format.md), and against simulator ground truth.
 """
 
 from __future__ import annotations

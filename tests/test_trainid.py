@@ -1,4 +1,4 @@
-"""Train-ID receiver (issue 7): parser, transports, readers, simulator, outputs."""
+"""Train-ID receiver: parser, transports, readers, simulator, outputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Train IDs (issue 7) wired into the live system: AcquisitionController + SimulatedReceiver on
+"""Train IDs wired into the live system: AcquisitionController + SimulatedReceiver on
 a real pty, the side file next to the raw recording, the HDF5 file made from it, the Tango
 device's TrainId attribute and Status, and ``tango-tpx demo --trainid``.
 

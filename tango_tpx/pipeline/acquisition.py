@@ -37,6 +37,7 @@ from typing import Any
 
 import zmq
 
+from ..tpx3.codec import stream_framing
 from . import transport
 from .baseplugin import StageWiring
 from .centroid import PipelineCentroidCalculator
@@ -512,8 +513,8 @@ class PixelPipeline(AcquisitionPipeline):
     def _reconfigureProcessor(self) -> None:
         self.getStage(2).configureStage(
             PipelinePacketProcessor, use_events=self._use_events, event_window=self._event_window,
-            timewalk_lut=self.timewalk_lut, layout=self.layout, longtime=self.longtime,
-            preview_period_s=self.preview_period_s)
+            timewalk_lut=self.timewalk_lut, layout=self.layout, framing=stream_framing(self.layout),
+            longtime=self.longtime, preview_period_s=self.preview_period_s)
 
     @property
     def enableEvents(self) -> bool:

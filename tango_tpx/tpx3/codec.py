@@ -4,7 +4,7 @@ Input: little-endian ``uint64`` SPIDR words as they come off the wire or out of 
 Output: structure-of-arrays :class:`PixelHits` and :class:`Triggers` with times as int64
 counts of 25/4096 ns, extended past the 30-bit (26.84 s) rollover, plus a count of every
 word category.  The layout facts live here and only here (see
-``shared/docs/tpx3-spidr-format.md``).
+``docs/tpx3-spidr-format.md``).
 
 Time extension ("longtime")
     The 30-bit coarse counter of every pixel and TDC word is extended to 48 bits by choosing
@@ -262,6 +262,17 @@ def _decode(words, tpx3, quad, st, counts,
     counts[C_AMBIG] += n_ambig
     counts[C_FRAME] += n_frame
     return np_, nt
+
+
+def stream_framing(layout: str) -> str:
+    """Framing of a live SPIDR stream for a chip ``layout``.
+
+    A single chip streams plain 64-bit words (``'raw'``); a 2x2 quad streams ASI
+    ``.tpx3`` chunks (a ``TPX3`` header word naming the chip, then its words).
+    """
+    if layout not in ("single", "quad"):
+        raise ValueError(f"layout must be 'single' or 'quad', not {layout!r}")
+    return "tpx3" if layout == "quad" else "raw"
 
 
 class Decoder:

@@ -1,6 +1,6 @@
 """Encoder for Timepix3/SPIDR 64-bit words: the exact inverse of the decoder.
 
-Bit layouts follow ``docs/tpx3-spidr-format.md`` (shared reference notes). All functions
+Bit layouts follow ``docs/tpx3-spidr-format.md``. All functions
 are vectorised numpy over flat arrays and return little-endian-ready ``uint64`` words.
 
 Units: times are int64 counts of the fine unit 25/4096 ns (:mod:`tango_tpx.tpx3.units`),

@@ -1,4 +1,4 @@
-"""European XFEL train IDs from the USB timing receiver (issue 7).
+"""European XFEL train IDs from the USB timing receiver.
 
 * :mod:`.protocol`: frame format, :class:`FrameParser`, :class:`TrainIdLog`, side file
   (``<raw>.trainid.csv``) and HDF5 helpers (``timing/trainID/...``).

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..pipeline import acquisition as _zc
+from ..tpx3.codec import stream_framing
 from .baseacquisition import AcquisitionPipeline
 from .logic.centroid_calculator import CentroidCalculator
 from .logic.packet_processor import PacketProcessor
@@ -42,7 +43,8 @@ class _PymepixStages:
             self._logic_pp.event_window = self._event_window
         self.getStage(2).configureStage(
             PipelinePacketProcessor, packet_processor=self._logic_pp, layout=self.layout,
-            longtime=self.longtime, preview_period_s=self.preview_period_s)
+            framing=stream_framing(self.layout), longtime=self.longtime,
+            preview_period_s=self.preview_period_s)
 
     def _reconfigureCentroid(self) -> None:
         if self.typed_records:

@@ -7,8 +7,9 @@ and ``event_window`` may be changed while the pipeline runs (shared memory, read
 every chunk). As pymepix's stage it sends ``PixelData`` for every decoded chunk, also in
 event mode (``send_pixels``), and with a ``longtime`` (int or ``multiprocessing.Value``,
 read before every chunk) it puts every word in the 26.8 s epoch nearest that longtime,
-ignoring the stream's global-time words, as pymepix's live pipeline does. With
-``longtime=None`` the stream's global-time words anchor the time (tango-tpx's rule).
+ignoring the stream's global-time words, as pymepix's live pipeline does (single-chip
+streams; a quad's ``.tpx3``-framed stream keeps tango-tpx's rule). With ``longtime=None``
+the stream's global-time words anchor the time (tango-tpx's rule).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class PipelinePacketProcessor(_ZeroCopyStage):
     def _words(self, chunk: np.ndarray) -> np.ndarray:
         words = super()._words(chunk)
         lt = self.longtime
-        if lt is None:
+        if lt is None or self.framing != "raw":      # .tpx3-framed (quad) streams keep their own clock
             return words
         self.decoder.set_longtime(int(lt.value if hasattr(lt, "value") else lt))
         return strip_global_time(words)

@@ -212,6 +212,7 @@ def test_time_bounded_acquisition_gives_one_file_with_the_hits_of_that_interval(
     t_lo = int(np.sort(truth.hits.toa)[0])
     t_hi = int(trig[tdc1]) if tdc1 < len(trig) else int(truth.hits.toa.max()) + 1
     expected = int(np.count_nonzero((truth.hits.toa >= t_lo) & (truth.hits.toa < t_hi)))
+    print("\ntime-bounded acquisition: file hits", hits, "truth in the interval", expected, "triggers", tdc1)
     assert abs(hits - expected) <= 0.001 * expected, (hits, expected)
     assert 1.99 <= dev.AcquisitionElapsed <= 2.01
     assert 1990 <= tdc1 <= 2001                             # 2 s at 1 kHz

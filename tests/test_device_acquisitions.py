@@ -351,3 +351,34 @@ def test_event_window_change_while_running_shows_within_one_period_and_loses_no_
     wait_state(dev, DevState.ON)
     assert dev.TotalHits == len(truth.hits) and dev.KernelDrops == 0
     dev.EventWindowEnd = 1000.0
+
+
+# --------------------------------------------------------------------------------------- faults
+@pytest.mark.timeout(240)
+def test_pipeline_settings_refused_while_running_and_dead_worker_is_fault_that_init_recovers(server, dev):
+    dev.Start()
+    for name, value in (("CentroidProcesses", 2 if dev.CentroidProcesses == 1 else 1),
+                        ("Centroiding", not dev.Centroiding)):
+        with pytest.raises(DevFailed) as err:
+            dev.write_attribute(name, value)
+        assert f"{name} cannot change in state RUNNING" in err.value.args[0].desc and "Stop first" in err.value.args[0].desc
+    dev.TotThreshold = 3                                   # a live setting is fine
+    assert dev.TotThreshold == 3 and dev.state() == DevState.RUNNING
+    dev.TotThreshold = 0
+    # a pipeline process (the server's children are the armed pipeline's stages) dies
+    kids = psutil.Process(server.server.pid).children()
+    assert len(kids) >= 3                                  # receiver, decoder, centroid worker(s)
+    kids[-1].kill()
+    wait_state(dev, DevState.FAULT, 30)
+    assert "died" in dev.status() or "exit" in dev.status()
+    with pytest.raises(DevFailed) as err:
+        dev.Start()
+    assert "not allowed in state FAULT" in err.value.args[0].desc
+    pid = server.server.pid
+    dev.Init()                                             # recovers without restarting the server
+    wait_state(dev, DevState.ON, 60)
+    assert server.server.poll() is None and server.server.pid == pid
+    dev.Start()
+    assert dev.state() == DevState.RUNNING
+    dev.Stop()
+    wait_state(dev, DevState.ON)

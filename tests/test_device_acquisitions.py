@@ -152,6 +152,9 @@ def server_resources(pid: int) -> tuple[int, int, int]:
 def test_start_stop_cycles_under_cpu_load_answer_at_once_and_leak_nothing(server, dev, tmp_path):
     pid = server.server.pid
     before = server_resources(pid)
+    states: list = []
+    sid = dev.subscribe_event("State", tango.EventType.CHANGE_EVENT,
+                              lambda ev: states.append(ev.attr_value.value) if not ev.err else None)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     starts, stops, settles = [], [], []
     try:
@@ -172,6 +175,8 @@ def test_start_stop_cycles_under_cpu_load_answer_at_once_and_leak_nothing(server
             b.kill()
         for b in burners:
             b.wait(10)
+        dev.unsubscribe_event(sid)
+    assert DevState.RUNNING in states and states[-1] == DevState.ON   # State events reached us
     figures = {"cycles": CYCLES, "burners": len(burners),
                "start_median_s": statistics.median(starts), "start_max_s": max(starts),
                "stop_median_s": statistics.median(stops), "stop_max_s": max(stops),

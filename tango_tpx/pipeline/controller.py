@@ -8,7 +8,13 @@ every :meth:`start` from the current settings:
   ToF histogram);
 * ``centroiding`` True: :class:`CentroidPipeline` with ``centroid_processes`` workers.
 
-Train IDs (European XFEL, issue 7): :meth:`AcquisitionController.set_train_id_source`
+Armed operation (what the Tango device uses): :meth:`AcquisitionController.arm` starts the
+same pipeline once with gated stages (:mod:`.gated`) and :attr:`AcquisitionController.session`
+(:class:`~.session.AcquisitionSession`) runs acquisitions on it without blocking: begin/end,
+bounded by detector time or trigger count, per-acquisition counts and preview; live settings
+(:meth:`AcquisitionController.set_live`) apply at the next chunk.
+
+Train IDs (European XFEL): :meth:`AcquisitionController.set_train_id_source`
 runs a :class:`~tango_tpx.trainid.TrainIdReader` thread (or a
 :class:`~tango_tpx.trainid.USBTrainID` process) from then until :meth:`close`, independent
 of start/stop. Each accepted frame (host time ns, train ID, beam mode) updates

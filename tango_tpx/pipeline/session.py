@@ -164,7 +164,13 @@ class AcquisitionSession:
         a["end_cid"] = self.pipeline.send_command("end", {"id": a["id"]})
         self._t_end = time.monotonic()
         if self.on_phase is not None:
-            self.on_phase("stopping: closing the gate, draining the decoder and the centroid workers")
+            c = self.counters
+            backlog = max(0, c.get("bytes") - 8 * c.get("words") - c.get("handoff_dropped_bytes"))
+            why = {"time": "AcquisitionTime reached", "triggers": "AcquisitionTriggers reached"}.get(
+                (a["report"] or ("stop",))[0], "Stop")
+            rec = f", closing {self.recording_file}" if self.recording_file else ""
+            self.on_phase(f"stopping ({why}): draining {backlog / 1e6:.1f} MB through the decoder and the "
+                          f"centroid workers{rec}")
 
     def open_file(self, path: str, timeout: float = 2.0) -> str:
         """Record from now on into ``path`` (while running); returns the absolute path."""

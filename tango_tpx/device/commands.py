@@ -95,17 +95,20 @@ class Commands:
         session = self._controller.session
         path, series = self._start_record_path()
         s = self._settings
-        try:
-            session.begin(float(s["AcquisitionTime"]), int(s["AcquisitionTriggers"]), path)
-        except RuntimeError as exc:
-            fail("Timepix3_StartFailed", f"Start failed: {exc}", "Timepix3.Start")
-        self._pending_file = ""
-        self._acq_series = series
-        self._acq_recording = path
+        # RUNNING before the gate opens: an acquisition that ends at once still ends in ON
+        self._acq_series, self._acq_recording = series, path
         with self._lock:
             self._prev_counts = None
         self.set_state(DevState.RUNNING)
         self.set_status(self._running_status())
+        try:
+            session.begin(float(s["AcquisitionTime"]), int(s["AcquisitionTriggers"]), path)
+        except RuntimeError as exc:
+            self._acq_series, self._acq_recording = False, ""
+            self.set_state(DevState.ON)
+            self.set_status(self._idle_status())
+            fail("Timepix3_StartFailed", f"Start failed: {exc}", "Timepix3.Start")
+        self._pending_file = ""
         session.wait_open(GATE_CONFIRM_S)
         self._wake.set()
 
@@ -120,8 +123,11 @@ class Commands:
             if session is not None:
                 session.end()
             return
-        self.set_state(DevState.MOVING)
-        self.set_status("MOVING: stopping: closing the gate")
+        with self._acq_lock:              # the acquisition may just have ended by itself
+            if session.phase != "running":
+                return
+            self.set_state(DevState.MOVING)
+            self.set_status("MOVING: stopping: closing the gate")
         session.end()                      # the watcher reports what it drains (Status)
         self._wake.set()
 

@@ -107,6 +107,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         self._transition_busy = False
         self._rearm_pending = False
         self._transition_lock = threading.Lock()
+        self._acq_lock = threading.Lock()     # Stop against an acquisition ending by itself
 
         for name in ("State", "Status", *SUMMARY_ATTRIBUTES):
             self.set_change_event(name, True, False)
@@ -241,10 +242,11 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
     # ------------------------------------------------------------------ acquisition callbacks
     def _acquisition_phase(self, text: str) -> None:
         """Watcher thread: an acquisition began to stop (Stop, or its time/trigger count reached)."""
-        if self.get_state() in (DevState.RUNNING, DevState.MOVING):
-            self.set_state(DevState.MOVING)
-            self.set_status(f"MOVING: {text}")
-            self._wake.set()
+        with self._acq_lock:
+            if self.get_state() in (DevState.RUNNING, DevState.MOVING):
+                self.set_state(DevState.MOVING)
+                self.set_status(f"MOVING: {text}")
+        self._wake.set()
 
     def _acquisition_done(self, result) -> None:
         """Watcher thread: the acquisition ended, its file is closed (or it failed)."""
@@ -260,9 +262,10 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
             return
         if path and self._settings["AutoConvert"]:
             self._submit_conversion(path)
-        if self.get_state() in (DevState.RUNNING, DevState.MOVING):
-            self.set_state(DevState.ON)
-            self.set_status(self._idle_status())
+        with self._acq_lock:
+            if self.get_state() in (DevState.RUNNING, DevState.MOVING):
+                self.set_state(DevState.ON)
+                self.set_status(self._idle_status())
         self._wake.set()
 
     def _submit_conversion(self, raw: str) -> None:

@@ -141,6 +141,12 @@ def test_attributes_defaults_limits_and_errors(device, tmp_path):
         cfg = d.get_attribute_config(name)
         assert (float(cfg.min_value), float(cfg.max_value)) == (float(lo), float(hi)), name
 
+    # archive events declared on the counters (an archiver needs no code change)
+    ev = d.get_attribute_config_ex("TotalHits")[0].events
+    assert ev.arch_event.archive_abs_change == "1" and ev.arch_event.archive_period == "10000"
+    assert ev.ch_event.abs_change == "1"
+    assert d.get_attribute_config_ex("HitRate")[0].events.arch_event.archive_rel_change == "5"
+
     # good writes read back
     d.CentroidProcesses = CENTROID_PROCESSES_MAX
     assert d.CentroidProcesses == CENTROID_PROCESSES_MAX

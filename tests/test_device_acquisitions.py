@@ -156,13 +156,17 @@ def test_start_stop_cycles_under_cpu_load_answer_at_once_and_leak_nothing(server
     sid = dev.subscribe_event("State", tango.EventType.CHANGE_EVENT,
                               lambda ev: states.append(ev.attr_value.value) if not ev.err else None)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-    starts, stops, settles = [], [], []
+    starts, stops, settles, files = [], [], [], []
     try:
         time.sleep(0.5)
         for _ in range(CYCLES):
             _, t = timed(dev.Start)
             starts.append(t)
             assert dev.state() == DevState.RUNNING      # the state changed before Start returned
+            if len(starts) % 5 == 0:                    # recording switched on and off while RUNNING
+                path, t_open = timed(dev.OpenFile, f"cycle{len(starts):02d}.raw")
+                _, t_close = timed(dev.CloseFile)
+                files += [t_open, t_close]
             _, t = timed(dev.Stop)
             stops.append(t)
             assert dev.state() in (DevState.MOVING, DevState.ON)
@@ -181,10 +185,12 @@ def test_start_stop_cycles_under_cpu_load_answer_at_once_and_leak_nothing(server
                "start_median_s": statistics.median(starts), "start_max_s": max(starts),
                "stop_median_s": statistics.median(stops), "stop_max_s": max(stops),
                "stop_to_on_median_s": statistics.median(settles), "stop_to_on_max_s": max(settles),
+               "openfile_closefile_median_s": statistics.median(files), "openfile_closefile_max_s": max(files),
                "reset_s": t_reset}
     print("\ncommand latencies under load:", json.dumps(figures))
     (Path(server.tmp) / "latencies.json").write_text(json.dumps(figures))
-    assert max(starts) < COMMAND_LIMIT_S and max(stops) < COMMAND_LIMIT_S, figures
+    assert max(starts + stops + files + [t_reset]) < COMMAND_LIMIT_S, figures
+    assert len(list(tmp_path.glob("cycle*.raw"))) == CYCLES // 5
     time.sleep(1.0)
     after = server_resources(pid)
     assert after[0] == before[0], f"child processes {before[0]} -> {after[0]}"

@@ -94,6 +94,12 @@ def test_acquisitions_on_one_armed_pipeline_are_exact_and_match_offline(tmp_path
         # 4: time-bounded (detector time): 0.2 s at 1 kHz
         r = _run(ctl, results, words, port, time_s=0.2)
         assert r.reason == "time" and 199 <= r.counts["triggers"] <= 201
+        # 5: time-bounded without any data: the host clock ends it
+        n0, t0 = len(results), time.monotonic()
+        ctl.session.begin(time_s=0.3)
+        assert wait_for(lambda: len(results) > n0, 10)
+        assert results[-1].reason == "time" and results[-1].counts["hits"] == 0
+        assert 0.3 <= time.monotonic() - t0 < 3.0
         assert child_pids() - kids0 == kids                    # the same processes all along
     finally:
         ctl.close()

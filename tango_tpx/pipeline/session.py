@@ -4,7 +4,8 @@
 then :meth:`begin` and :meth:`end` only send a command to the receiver process and return
 at once. A watcher thread follows each acquisition to its end:
 
-``running`` --(end() or the decoder's bounded end)--> ``stopping`` (the receiver closes the
+``running`` --(end(), the decoder's bounded end, or the host clock when no detector time
+comes: see HOST_TIME_FACTOR)--> ``stopping`` (the receiver closes the
 gate and the file, the decoder flushes, the centroid workers drain) --> ``done``: the raw
 file is cut at the exact byte where a bounded acquisition ended, and ``on_done(result)`` is
 called with an :class:`AcquisitionResult`. A dead stage, a failed file or a drain that does
@@ -31,6 +32,10 @@ from .gated import ArmedCentroidPipeline, ArmedPixelPipeline
 DRAIN_TIMEOUT_S = 30.0
 #: s between two checks of the watcher thread.
 WATCH_S = 0.02
+#: a time-bounded acquisition without data ends by the host clock after its time; one whose
+#: detector time stalls (data stopped) after HOST_TIME_FACTOR x its time + HOST_TIME_SLACK_S s.
+HOST_TIME_FACTOR = 1.5
+HOST_TIME_SLACK_S = 2.0
 #: raw file header (pymepix ``.raw``: 8-byte time_ns), bytes.
 RAW_HEADER_BYTES = 8
 #: counter keys reported per acquisition (counter key -> result key)
@@ -133,7 +138,7 @@ class AcquisitionSession:
             self._last_counts = {}
             cid = self.pipeline.send_command("begin", {"id": acq_id, "time_s": float(time_s),
                                                        "triggers": int(triggers), "record": record})
-            self._acq = {"id": acq_id, "phase": "running", "begin_cid": cid, "end_cid": None,
+            self._acq = {"id": acq_id, "phase": "running", "time_s": float(time_s), "host_end": False, "begin_cid": cid, "end_cid": None,
                          "record": record, "report": None, "file": "", "file_bytes": 0,
                          "deadline": 0.0, "error": None, "files": [], "opened": threading.Event()}
             self.recording_file = record
@@ -266,6 +271,12 @@ class AcquisitionSession:
         if a["phase"] == "running":
             if a["report"] is not None:      # the decoder ended a bounded acquisition
                 self._request_end(a)
+            elif a["time_s"] > 0:            # no detector time to go by: the host clock ends it
+                host = time.monotonic() - self._t_begin
+                if (host >= a["time_s"] and not self.counters.get("acq_t_start")) \
+                        or host >= HOST_TIME_FACTOR * a["time_s"] + HOST_TIME_SLACK_S:
+                    a["host_end"] = True
+                    self._request_end(a)
             return
         if a["end_cid"] is not None and a["report"] is not None and a["begin_cid"] is None:
             r = pipe.reply(a["end_cid"])
@@ -289,6 +300,8 @@ class AcquisitionSession:
 
     def _done(self, a: dict) -> None:
         reason, offset = a["report"] or ("stop", -1)
+        if a["host_end"]:
+            reason = "time"
         path, nbytes = a["file"], a["file_bytes"]
         if path and reason in ("time", "triggers") and 0 <= offset < nbytes:
             try:                                   # the data after the bounded end go

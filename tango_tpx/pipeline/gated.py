@@ -31,6 +31,7 @@ import zmq
 
 from ..processing.events import PacketProcessor
 from ..tpx3.codec import Decoder
+from ..tpx3.encode import TPX3_MAGIC
 from .acquisition import CentroidPipeline, PixelPipeline
 from .centroid import PipelineCentroidCalculator
 from .counters import CTRL_FORCE, N_TOF_BINS, SharedPreview, accumulate_preview, tof_bins
@@ -45,8 +46,9 @@ META_ACQ, META_ID, META_OFFSET, META_TIME, META_TRIGGERS = "acq", "id", "o", "t"
 
 
 def _tdc1_rising_positions(words: np.ndarray) -> np.ndarray:
-    """Word indices of TDC1 rising edges (header 0x6, sub-type 0xF)."""
-    return np.flatnonzero(((words >> np.uint64(56)) & np.uint64(0xFF)) == np.uint64(0x6F))
+    """Word indices of TDC1 rising edges (header 0x6, sub-type 0xF; not a .tpx3 chunk header)."""
+    return np.flatnonzero((((words >> np.uint64(56)) & np.uint64(0xFF)) == np.uint64(0x6F))
+                          & ((words & np.uint64(0xFFFFFFFF)) != np.uint64(TPX3_MAGIC)))
 
 
 class GatedUdpSampler(UdpSampler):

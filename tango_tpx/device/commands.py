@@ -177,6 +177,9 @@ class Commands:
             if path:
                 self._last_file = path
                 self._acq_recording = ""
+                if self._acq_series:       # the series' file was closed by hand: next number
+                    self._acq_series = False
+                    self._settings["FileIndex"] = int(self._settings["FileIndex"]) + 1
         self._refresh(period_end=False)
         if self.get_state() == DevState.RUNNING:
             self.set_status(self._running_status())

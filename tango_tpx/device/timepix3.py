@@ -22,6 +22,7 @@ The attributes are declared in :mod:`.settings` (read/write) and :mod:`.results`
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import traceback
 from typing import Any, Callable
@@ -251,6 +252,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
     def _acquisition_done(self, result) -> None:
         """Watcher thread: the acquisition ended, its file is closed (or it failed)."""
         path = result.file or self._acq_recording
+        path = path if path and os.path.exists(path) else ""
         if path:
             self._last_file = path
         if path and self._acq_series:

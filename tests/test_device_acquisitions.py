@@ -263,6 +263,9 @@ def test_file_series_advances_and_never_overwrites(server, dev, tmp_path):
     dev.AutoRecord = True
     dev.FilePrefix = "scan_"
     dev.FileIndex = 7
+    indexes: list[int] = []
+    sid = dev.subscribe_event("FileIndex", tango.EventType.CHANGE_EVENT,
+                              lambda ev: indexes.append(int(ev.attr_value.value)) if not ev.err else None)
     for k in range(3):
         dev.Start()
         send(words, server.udp_port, seconds=0.3)
@@ -270,6 +273,9 @@ def test_file_series_advances_and_never_overwrites(server, dev, tmp_path):
         assert dev.FileIndex == 8 + k
         assert dev.LastFile == str(tmp_path / f"scan_{7 + k:05d}.raw")
     assert sorted(f.name for f in tmp_path.glob("*.raw")) == ["scan_00007.raw", "scan_00008.raw", "scan_00009.raw"]
+    wait_until(lambda: indexes and indexes[-1] == 10, 5, f"FileIndex change events (got {indexes})")
+    dev.unsubscribe_event(sid)
+    assert {7, 8, 9, 10} <= set(indexes)
     (tmp_path / "scan_00010.raw").write_bytes(b"keep")
     with pytest.raises(DevFailed) as err:
         dev.Start()

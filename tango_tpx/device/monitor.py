@@ -18,6 +18,11 @@ import numpy as np
 from tango import DevState
 
 from .results import ARRAY_ATTRIBUTES, SUMMARY_ATTRIBUTES, TOF_MAX_BINS
+from .settings import DEFAULT_SETTINGS
+
+#: read/write attributes pushed as change events when their value changes (written by a
+#: client, restored at start-up, or FileIndex moving on by itself)
+SETTING_ATTRIBUTES: tuple[str, ...] = tuple(DEFAULT_SETTINGS)
 
 # counters() key -> (total attribute, rate attribute or None)
 COUNTER_KEYS: dict[str, tuple[str, str | None]] = {
@@ -33,6 +38,9 @@ COUNTER_KEYS: dict[str, tuple[str, str | None]] = {
 # session counts key -> attribute
 ACQ_ATTRIBUTES = {"hits": "AcquisitionHits", "centroids": "AcquisitionCentroids",
                   "triggers": "AcquisitionTriggersDone", "roi_hits": "RoiHits", "roi_centroids": "RoiCentroids"}
+
+
+_UNSET = object()
 
 
 class Stopped(Exception):
@@ -134,6 +142,23 @@ class Monitor:
                     raise Stopped
                 self.push_data_ready_event(name, self._data_ready_counter)
 
+    def _push_settings(self, stop: threading.Event) -> None:
+        """Change events of the read/write attributes whose value changed since the last push."""
+        pushed = self._pushed_settings
+        for name in SETTING_ATTRIBUTES:
+            value = self._settings[name]
+            key = tuple(value) if isinstance(value, (tuple, list)) else value
+            if pushed.get(name, _UNSET) == key:
+                continue
+            if stop.is_set():
+                raise Stopped
+            if name == "Roi":
+                value = np.asarray(value, np.float64)
+            elif name == "ClusteringAlgorithm":
+                value = int(value)
+            self.push_change_event(name, value)
+            pushed[name] = key
+
     def _push_if_changed(self, stop: threading.Event) -> None:
         """Outside RUNNING: push TrainId, Status and the conversion values when they changed."""
         with self._lock:
@@ -184,6 +209,7 @@ class Monitor:
                     last_state = state
                 elif period_end or woken:
                     self._push_if_changed(stop)
+                self._push_settings(stop)
             except Stopped:
                 break
             except Exception:  # noqa: BLE001 - the monitor must survive; report and go on

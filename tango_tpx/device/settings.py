@@ -72,7 +72,7 @@ def fail(reason: str, desc: str, origin: str) -> None:
     tango.Except.throw_exception(reason, desc, origin)
 
 
-def _rw(**kw: Any) -> dict[str, Any]:
+def _rw(**kw: Any) -> dict[str, Any]:  # read/write, memorized, restored into the hardware
     return dict(access=AttrWriteType.READ_WRITE, memorized=True, hw_memorized=True, **kw)
 
 

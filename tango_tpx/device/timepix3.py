@@ -116,6 +116,9 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         for name in ARRAY_ATTRIBUTES:
             self.set_change_event(name, True, False)
             self.set_data_ready_event(name, True)
+        for name in DEFAULT_SETTINGS:
+            self.set_change_event(name, True, False)
+        self._pushed_settings: dict[str, Any] = {}
 
         try:
             if self._layout not in ("single", "quad"):

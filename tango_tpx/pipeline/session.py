@@ -257,10 +257,12 @@ class AcquisitionSession:
                 a["begin_cid"] = None
                 a["opened"].set()
                 ok, value = r
-                if not ok:
+                if not ok:                   # the acquisition cannot be recorded: end it
                     a["error"] = f"cannot record to {a['record']}: {value[2]}"
                     self.recording_file = ""
                     a["record"] = ""
+                    if a["phase"] == "running":
+                        self._request_end(a)
                 elif value:
                     a["files"].append(value)
         fault = pipe.fault()

@@ -126,3 +126,24 @@ def test_full_disk_ends_the_acquisition_with_an_error_naming_the_file(monkeypatc
     finally:
         ctl.close()
     assert 8 < path.stat().st_size <= 20_008                  # what was written stays readable
+
+
+@pytest.mark.timeout(60)
+def test_a_recording_that_cannot_open_ends_the_acquisition_with_the_reason(tmp_path):
+    port = free_udp_port()
+    ctl = AcquisitionController(udp_port=port)
+    results: list = []
+    ctl.session.on_done = results.append
+    ctl.arm()
+    try:
+        path = tmp_path / "missing-dir" / "x.raw"
+        ctl.session.begin(record=str(path))
+        assert wait_for(lambda: results, 10)
+        assert "cannot record to" in results[-1].error and str(path) in results[-1].error
+        assert ctl.session.phase == "idle"
+        ctl.session.begin()                                   # the pipeline is still usable
+        assert ctl.session.wait_open(5.0)
+        ctl.session.end()
+        assert wait_for(lambda: len(results) == 2, 10) and results[-1].error is None
+    finally:
+        ctl.close()

@@ -261,6 +261,7 @@ class AcquisitionSession:
                     a["error"] = f"cannot record to {a['record']}: {value[2]}"
                     self.recording_file = ""
                     a["record"] = ""
+                    a["report"] = ("stop", -1)  # the receiver kept the gate closed
                     if a["phase"] == "running":
                         self._request_end(a)
                 elif value:

@@ -269,7 +269,7 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         t_cmd = time.perf_counter()
         proxy.Stop()                      # closes the recording; draining goes on in the background
         t_cmd = time.perf_counter() - t_cmd
-        say(f"demo: Stop answered in {1e3 * t_cmd:.0f} ms; {proxy.state()}: {proxy.status().splitlines()[0]}")
+        say(f"demo: Stop answered in {1e3 * t_cmd:.0f} ms; {proxy.status().splitlines()[0]}")
         _wait_idle(proxy, 60.0)
         totals = {name: proxy.read_attribute(name).value
                   for name in ("TotalHits", "TotalTriggers", "TotalEvents", "TotalCentroids",

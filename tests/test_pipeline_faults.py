@@ -45,7 +45,8 @@ def test_start_stop_50_times_leaks_nothing():
     elapsed = time.monotonic() - t0
     assert wait_for(lambda: child_pids() == kids0, 5), child_pids() - kids0
     assert wait_for(lambda: threading.active_count() == threads0, 5)
-    assert open_fds() == fds0
+    # nothing new is open (fds that other tests' clients closed meanwhile may be gone)
+    assert open_fds() - fds0 == set()
     assert ctl.fault() is None
     assert elapsed < 100
 

@@ -21,6 +21,8 @@ from typing import IO, Any
 
 #: Simulated seconds the stream lasts at most (it stops when the window closes).
 STREAM_SECONDS = 24 * 3600.0
+#: Event window of the demo, µs (its ToF spectrum shows the simulator's ion peaks).
+DEMO_WINDOW_US = 8.0
 
 
 def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int = 0,
@@ -68,7 +70,8 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
         udp_port = free_port(kind=socket.SOCK_DGRAM)
         host, port = th.split(":")
         register_config(config, db=tango.Database(host, int(port)), overrides={device: {
-            "UdpPort": [str(udp_port)], "DataStreamAddress": [""], "SummaryPeriod": ["1.0"]}})
+            "UdpPort": [str(udp_port)], "DataStreamAddress": [f"tcp://127.0.0.1:{free_port()}"],
+            "SummaryPeriod": ["1.0"]}})
         log = open(base / "server.log", "w")
         server = start_device_server(server_name.split("/", 1)[1], th, log=log)
         url = f"tango://{th}/{device}"
@@ -77,6 +80,8 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
         proxy.RecordingPath = str(data_dir)
         proxy.CentroidProcesses = max(1, int(centroid_processes))
         proxy.Centroiding = True
+        proxy.EventWindowStart = 0.0
+        proxy.EventWindowEnd = DEMO_WINDOW_US  # the simulated ion peaks are at 1.5 .. 6.1 us
         say(f"demo: TANGO_HOST={th}, device {url}, recordings go to {data_dir}")
         proxy.Start()
         _start_simulator(rate_mhits, STREAM_SECONDS, seed, udp_port, sim_stop, sim_result)

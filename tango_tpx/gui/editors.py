@@ -193,6 +193,8 @@ class ValueLabel(QtWidgets.QLabel):
         except (TypeError, ValueError):
             text = str(value)
         self.setText(text)
+        if isinstance(value, str) and len(value) > 30:
+            self.setToolTip(value)
         bad = bool(self.alarm and self.alarm(value))
         self.setStyleSheet("color: #c00000; font-weight: bold;" if bad else "")
 

@@ -160,33 +160,28 @@ class ControlsPanel(QtWidgets.QGroupBox):
                         AttrEditor(binder, "RecordingPath", self.path)]
         self.recording = ValueLabel(binder, "RecordingFile", "{}")
         self.last_file = ValueLabel(binder, "LastFile", "{}")
-        for label in (self.recording, self.last_file):
-            label.setWordWrap(True)
+        for label in (self.recording, self.last_file):  # long paths are clipped, the tooltip has them
+            label.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
 
         buttons = QtWidgets.QHBoxLayout()
         for b in (self.start, self.stop, self.reset):
             buttons.addWidget(b)
         files = QtWidgets.QHBoxLayout()
-        files.addWidget(self.file_name, 1)
         files.addWidget(self.open_file)
         files.addWidget(self.close_file)
-        auto = QtWidgets.QHBoxLayout()
-        auto.addWidget(self.auto_record)
-        auto.addWidget(self.auto_convert)
-        naming = QtWidgets.QHBoxLayout()
-        naming.addWidget(self.prefix, 1)
-        naming.addWidget(QtWidgets.QLabel("index"))
-        naming.addWidget(self.index)
         form = QtWidgets.QFormLayout(self)
         form.setVerticalSpacing(3)
         form.addRow(buttons)
         form.addRow("stop after", self.acq_time)
         form.addRow("or after triggers", self.acq_triggers)
         form.addRow("recording path", self.path)
-        form.addRow("file", files)
-        form.addRow("auto", auto)
-        form.addRow("file prefix", naming)
+        form.addRow("file name", self.file_name)
+        form.addRow("", files)
         form.addRow("recording", self.recording)
+        form.addRow("auto", self.auto_record)
+        form.addRow("", self.auto_convert)
+        form.addRow("file prefix", self.prefix)
+        form.addRow("file index", self.index)
         form.addRow("last file", self.last_file)
 
 

@@ -7,8 +7,8 @@
   the GUI shows. Array attributes whose device only pushes data-ready events are read once
   per data-ready event; scalars without events are read every :data:`SLOW_READ_S` s. No image
   is ever read faster than its data-ready events;
-* it checks the device with ``state()`` every :data:`HEARTBEAT_S` s; a failure drops the
-  connection (all subscriptions) and starts reconnecting;
+* it pings the device every :data:`HEARTBEAT_S` s; :data:`HEARTBEAT_MISSES` failures in a row
+  drop the connection (all subscriptions) and start reconnecting;
 * writes and commands from the GUI are queued and run in the same thread, so a slow device
   never freezes the window; a refusal comes back as :attr:`DeviceLink.failed` with the
   device's own message.
@@ -32,6 +32,8 @@ from PyQt5 import QtCore
 RETRY_S = 2.0
 #: Seconds between ``state()`` checks of a connected device.
 HEARTBEAT_S = 2.0
+#: Failed heartbeats in a row after which the device counts as lost.
+HEARTBEAT_MISSES = 2
 #: Seconds between reads of scalar attributes whose device pushes no events for them.
 SLOW_READ_S = 3.0
 #: Client timeout for commands and writes (Stop may drain the pipeline for a few seconds), ms.
@@ -119,6 +121,7 @@ class DeviceLink(QtCore.QObject):
         self._subs: list[int] = []
         self._slow: list[str] = []
         self._alive = True
+        self._misses = 0
 
     # ------------------------------------------------------------------ GUI side
     def start(self) -> None:
@@ -214,10 +217,13 @@ class DeviceLink(QtCore.QObject):
                 continue
             self._run_job(kind, name, arg)
         if connected and not self._stop.is_set():
-            try:
-                self._emit(self.value, "state", self._proxy.state())
-            except Exception as exc:  # noqa: BLE001 - any failure means the device is gone
-                self._lost(error_text(exc))
+            try:  # ping does not wait for the device's lock (a long command may hold it)
+                self._proxy.ping()
+                self._misses = 0
+            except Exception as exc:  # noqa: BLE001 - twice in a row: the device is gone
+                self._misses += 1
+                if self._misses >= HEARTBEAT_MISSES:
+                    self._lost(error_text(exc))
 
     def _run_job(self, kind: str, name: str, arg: Any) -> None:
         import tango
@@ -232,11 +238,13 @@ class DeviceLink(QtCore.QObject):
             else:
                 result = proxy.command_inout(name, arg) if arg is not None else proxy.command_inout(name)
                 self._emit(self.done, name, result)
-                self._emit(self.value, "state", proxy.state())
+                self._read(["State", "Status"])
         except tango.DevFailed as exc:
             what = f"{name} = {arg!r}" if kind == "write" else (f"{name}({arg!r})" if arg is not None
                                                                  else name)
             self._emit(self.failed, what, error_text(exc))
+            if kind == "write":
+                self._read([name])  # the widget goes back to the device's value
         except Exception as exc:  # noqa: BLE001 - reported, the GUI goes on
             self._emit(self.failed, name, error_text(exc))
 
@@ -266,6 +274,7 @@ class DeviceLink(QtCore.QObject):
         self.attrs = {i.name.lower(): describe(i) for i in infos}
         self.commands = commands
         self._proxy = proxy
+        self._misses = 0
         self.is_connected = True
         self.last_error = ""
         self._emit(self.connected, dict(self.attrs))

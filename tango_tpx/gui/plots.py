@@ -28,8 +28,8 @@ from .link import AttrInfo
 #: Length of the rate trends, s.
 TREND_SECONDS = 300.0
 #: Sources of the image panel: (label, image attribute).
-IMAGE_SOURCES = (("Live preview (last period)", "Preview"),
-                 ("Acquisition image", "AcquisitionImage"))
+IMAGE_SOURCES = (("Live (last period)", "Preview"),
+                 ("Acquisition", "AcquisitionImage"))
 #: Sources of the ToF panel: (label, histogram attribute, axis attribute).
 TOF_SOURCES = (("Live (last period)", "TofHistogram", "TofAxis"),
                ("Acquisition", "AcquisitionTofHistogram", "AcquisitionTofAxis"))
@@ -96,11 +96,11 @@ class ImagePanel(QtWidgets.QWidget):
         top.addWidget(self.combo)
         top.addWidget(self.log)
         top.addStretch(1)
-        top.addWidget(self.info)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
         layout.addWidget(self.view, 1)
+        layout.addWidget(self.info)
 
         for _label, name in IMAGE_SOURCES:
             binder.watch(name, lambda v, n=name: self._image(n, v))
@@ -177,6 +177,7 @@ class TofPanel(QtWidgets.QWidget):
         self.hist = np.zeros(0)
         self._axis_ns: dict[str, np.ndarray] = {}
         self._hist_raw: dict[str, np.ndarray] = {}
+        self._x_span: tuple[float, float] | None = None
         self._window = [None, None]  # device's EventWindowStart/End, µs
         self._roi_value: np.ndarray | None = None
         self._busy = False
@@ -184,7 +185,7 @@ class TofPanel(QtWidgets.QWidget):
         self.combo = _source_combo(TOF_SOURCES, binder, self._source_changed)
         self.plot_widget = pg.PlotWidget()
         self.plot = self.plot_widget.getPlotItem()
-        self.plot.setLabel("bottom", "time of flight", units="µs")
+        self.plot.setLabel("bottom", "time of flight (µs)")
         self.plot.setLabel("left", "events / bin")
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.curve = self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=1.5),
@@ -210,16 +211,16 @@ class TofPanel(QtWidgets.QWidget):
         top.addWidget(QtWidgets.QLabel("source"))
         top.addWidget(self.combo)
         top.addSpacing(12)
-        top.addWidget(QtWidgets.QLabel("event window"))
+        top.addWidget(QtWidgets.QLabel("window"))
         top.addWidget(self.start)
         top.addWidget(QtWidgets.QLabel("to"))
         top.addWidget(self.end)
         top.addStretch(1)
-        top.addWidget(self.info)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
         layout.addWidget(self.plot_widget, 1)
+        layout.addWidget(self.info)
 
         for _label, hist, axis in TOF_SOURCES:
             binder.watch(hist, lambda v, n=hist: self._hist(n, v))
@@ -266,6 +267,11 @@ class TofPanel(QtWidgets.QWidget):
         self.hist = hist
         self.axis_us = axis / 1000.0
         self.curve.setData(self.axis_us, self.hist)
+        if axis.size and (self._x_span is None or self._x_span != (axis[0], axis[-1])):
+            self._x_span = (axis[0], axis[-1])
+            lo, hi = self.axis_us[0], self.axis_us[-1]
+            pad = 0.04 * max(hi - lo, 1e-3)
+            self.plot.setXRange(lo - pad, hi + pad, padding=0)
         self.info.setText(f"{hist.size} bins, {int(hist.sum())} events")
 
     def _set_region(self, region: pg.LinearRegionItem, lo: float, hi: float) -> None:
@@ -315,16 +321,18 @@ class TofPanel(QtWidgets.QWidget):
 
 
 class TrendPanel(QtWidgets.QWidget):
-    """Rates over the last :data:`TREND_SECONDS` s (log scale), one curve per attribute."""
+    """Rates over the last :data:`TREND_SECONDS` s (log scale, x in s before now), one curve per attribute."""
 
     RATES = (("HitRate", "hits", "#1f77b4"), ("CentroidRate", "centroids", "#d62728"),
              ("TriggerRate", "triggers", "#2ca02c"))
 
     def __init__(self, binder: Binder, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
-        self.plot_widget = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem()})
+        self.plot_widget = pg.PlotWidget()
         self.plot = self.plot_widget.getPlotItem()
         self.plot.setLogMode(y=True)
+        self.plot.setLabel("bottom", "time (s, 0 = now)")
+        self.plot.setXRange(-60, 0, padding=0.02)
         self.plot.setLabel("left", "rate", units="Hz")
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.plot.addLegend(offset=(5, 5))
@@ -340,13 +348,18 @@ class TrendPanel(QtWidgets.QWidget):
         layout.addWidget(self.plot_widget)
 
     def add(self, name: str, value: Any, t: float | None = None) -> None:
-        """Append one rate (Hz) at time ``t`` (s since the epoch, default now)."""
+        """Append one rate (Hz) at time ``t`` (s since the epoch, default now) and redraw."""
         t = time.time() if t is None else t
-        hist = self.history[name]
-        hist.append((t, float(value)))
-        while hist and hist[0][0] < t - TREND_SECONDS:
-            hist.popleft()
-        ts = np.fromiter((p[0] for p in hist), np.float64, len(hist))
-        vs = np.fromiter((p[1] for p in hist), np.float64, len(hist))
-        vs[vs <= 0] = np.nan  # log scale: zero rates leave a gap
-        self.curves[name].setData(ts, vs)
+        self.history[name].append((t, float(value)))
+        oldest = t
+        for key, hist in self.history.items():
+            while hist and hist[0][0] < t - TREND_SECONDS:
+                hist.popleft()
+            if not hist:
+                continue
+            oldest = min(oldest, hist[0][0])
+            ts = np.fromiter((p[0] for p in hist), np.float64, len(hist))
+            vs = np.fromiter((p[1] for p in hist), np.float64, len(hist))
+            vs[vs <= 0] = np.nan  # log scale: zero rates leave a gap
+            self.curves[key].setData(ts - t, vs)
+        self.plot.setXRange(-max(60.0, t - oldest), 0, padding=0.02)

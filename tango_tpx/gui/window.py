@@ -24,7 +24,7 @@ from .link import DeviceLink
 from .plots import ImagePanel, TofPanel, TrendPanel
 
 #: Default window size (px); the screenshot has this size.
-WINDOW_SIZE = (1500, 920)
+WINDOW_SIZE = (1600, 1000)
 
 
 class TpxWindow(QtWidgets.QMainWindow):
@@ -50,11 +50,11 @@ class TpxWindow(QtWidgets.QMainWindow):
         right = QtWidgets.QSplitter(QtCore.Qt.Vertical)
         right.addWidget(self._titled("Time of flight", self.tof))
         right.addWidget(self._titled("Rates", self.trends))
-        right.setSizes([520, 300])
+        right.setSizes([540, 340])
         plots = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
         plots.addWidget(self._titled("Hit map", self.image))
         plots.addWidget(right)
-        plots.setSizes([620, 520])
+        plots.setSizes([560, 620])
         side = QtWidgets.QWidget()
         side_layout = QtWidgets.QVBoxLayout(side)
         side_layout.setContentsMargins(0, 0, 0, 0)
@@ -70,6 +70,7 @@ class TpxWindow(QtWidgets.QMainWindow):
         body.addWidget(plots)
         body.addWidget(scroll)
         body.setStretchFactor(0, 1)
+        body.setSizes([WINDOW_SIZE[0] - 420, 400])
         central = QtWidgets.QWidget()
         layout = QtWidgets.QVBoxLayout(central)
         layout.addWidget(self.header)

@@ -33,6 +33,8 @@ from tango_tpx.device.database import (  # noqa: E402
     wait_for_device,
 )
 
+from .conftest import wait_until  # noqa: E402
+
 DEVICE = "tpx3/detector/1"
 PERIOD_S = 0.5
 
@@ -116,16 +118,19 @@ def state(dev):
 @pytest.fixture
 def dev(system):
     d = system.proxy
-    if d.state() not in (DevState.ON, DevState.RUNNING):
+    if state(d) == DevState.FAULT:
         d.Init()
+    wait_until(lambda: state(d) in (DevState.ON, DevState.RUNNING), 60, "the device ON (armed)")
     if d.state() == DevState.RUNNING:
         d.Stop()
+        wait_until(lambda: state(d) == DevState.ON, 30, "the device ON after Stop")
     d.EventWindowStart = 0.0
     d.EventWindowEnd = 10.0
     yield d
     try:
         if d.state() == DevState.RUNNING:
             d.Stop()
+        wait_until(lambda: state(d) == DevState.ON, 30, "the device ON after Stop")
     except tango.DevFailed:
         pass
 
@@ -267,6 +272,7 @@ def test_screenshot_command_writes_a_png_of_live_data(system, dev, simulator, tm
     from PyQt5 import QtGui
 
     dev.Start()
+    wait_until(lambda: state(dev) == DevState.RUNNING, 15, "RUNNING")
     out = tmp_path / "gui.png"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", TANGO_HOST=system.db.tango_host)
     r = subprocess.run([sys.executable, "-m", "tango_tpx.cli", "gui", "--screenshot", str(out),

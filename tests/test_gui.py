@@ -318,8 +318,9 @@ def test_missing_device_shows_the_error_and_closes_cleanly(app, system, tmp_path
 def test_reconnects_when_the_device_comes_back(app, system, dev, window):
     system.stop_server()
     try:
-        wait_gui(app, lambda: not window.link.is_connected, 30, "the GUI to notice the lost device")
-        assert window.header.state_label.text() == "UNKNOWN"
+        wait_gui(app, lambda: window.header.state_label.text() == "UNKNOWN", 30,
+                 "the GUI to notice the lost device")
+        assert not window.link.is_connected
         assert "lost" in window.header.status.text() or "cannot reach" in window.header.status.text()
     finally:
         system.start_server()

@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,6 +24,27 @@ from typing import IO, Any
 STREAM_SECONDS = 24 * 3600.0
 #: Event window of the demo, µs (its ToF spectrum shows the simulator's ion peaks).
 DEMO_WINDOW_US = 8.0
+#: ROI of the demo: x0, y0, x1, y1 (px) around the simulated beam spot, ToF 1 .. 3.5 µs (two peaks).
+DEMO_ROI = (80.0, 80.0, 176.0, 176.0, 1.0, 3.5)
+
+
+def _wait_on(proxy: Any, timeout: float) -> None:
+    """Wait until the device is ON (a device that arms its pipeline is MOVING meanwhile)."""
+    import tango
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = proxy.state()
+        except tango.DevFailed:
+            state = None
+        if state == tango.DevState.ON:
+            return
+        if state == tango.DevState.FAULT:
+            raise RuntimeError(f"the device went to FAULT: {proxy.status()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the device is not ON after {timeout:g} s (state {state})")
+        time.sleep(0.1)
 
 
 def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int = 0,
@@ -82,7 +104,10 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
         proxy.Centroiding = True
         proxy.EventWindowStart = 0.0
         proxy.EventWindowEnd = DEMO_WINDOW_US  # the simulated ion peaks are at 1.5 .. 6.1 us
+        if "Roi" in proxy.get_attribute_list():
+            proxy.Roi = list(DEMO_ROI)
         say(f"demo: TANGO_HOST={th}, device {url}, recordings go to {data_dir}")
+        _wait_on(proxy, 90.0)  # the pipeline arms (MOVING) after start-up and setting changes
         proxy.Start()
         _start_simulator(rate_mhits, STREAM_SECONDS, seed, udp_port, sim_stop, sim_result)
         say(f"demo: simulator sending {rate_mhits:g} Mhits/s to UDP 127.0.0.1:{udp_port}; close the "

@@ -101,16 +101,21 @@ class CountersForm(QtWidgets.QGroupBox):
               ("TrainId", "train ID", str))
     ALARMS = ("KernelDrops", "LostTriggers", "MalformedWords")
 
-    def __init__(self, binder: Binder, parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(self, binder: Binder, columns: int = 4, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__("Counters", parent)
         self.labels: dict[str, ValueLabel] = {}
-        form = QtWidgets.QFormLayout(self)
-        form.setLabelAlignment(QtCore.Qt.AlignRight)
-        form.setVerticalSpacing(2)
-        for name, text, fmt in self.FIELDS:
+        grid = QtWidgets.QGridLayout(self)
+        grid.setVerticalSpacing(2)
+        grid.setHorizontalSpacing(8)
+        rows = -(-len(self.FIELDS) // columns)
+        for i, (name, text, fmt) in enumerate(self.FIELDS):
             label = _FnLabel(binder, name, fmt, alarm=_nonzero if name in self.ALARMS else None)
             self.labels[name] = label
-            form.addRow(text, label)
+            row, col = i % rows, 2 * (i // rows)
+            grid.addWidget(QtWidgets.QLabel(text), row, col, QtCore.Qt.AlignRight)
+            grid.addWidget(label, row, col + 1)
+        for col in range(columns):
+            grid.setColumnStretch(2 * col + 1, 1)
 
 
 class _FnLabel(ValueLabel):
@@ -186,10 +191,11 @@ class ControlsPanel(QtWidgets.QGroupBox):
 
 
 class SettingsPanel(QtWidgets.QGroupBox):
-    """Processing settings (take effect at the next Start)."""
+    """Processing settings: centroiding, clustering and ToT threshold (pipeline settings such as
+    the number of processes re-arm the pipeline while ON; the device refuses them while RUNNING)."""
 
     def __init__(self, binder: Binder, parent: QtWidgets.QWidget | None = None) -> None:
-        super().__init__("Processing (next Start)", parent)
+        super().__init__("Processing", parent)
         self.processes = QtWidgets.QSpinBox(minimum=1, maximum=256)
         self.centroiding = QtWidgets.QCheckBox("centroiding")
         self.algorithm = QtWidgets.QComboBox()

@@ -77,8 +77,8 @@ class ImagePanel(QtWidgets.QWidget):
         self.view = pg.GraphicsLayoutWidget()
         self.plot = self.view.addPlot()
         self.plot.setAspectLocked(True)
-        self.plot.setLabel("bottom", "x", units="px")
-        self.plot.setLabel("left", "y", units="px")
+        self.plot.setLabel("bottom", "x (px)")
+        self.plot.setLabel("left", "y (px)")
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.lut = pg.HistogramLUTItem()
@@ -127,6 +127,11 @@ class ImagePanel(QtWidgets.QWidget):
         arr = np.asarray(value)
         if arr.ndim != 2:
             return
+        if self.data is None or self.data.shape != arr.shape:  # frame the image (not the ROI)
+            h, w = arr.shape
+            self.plot.getViewBox().setRange(xRange=(0, w), yRange=(0, h), padding=0.02)
+            self.plot.getViewBox().disableAutoRange()
+            self.roi.maxBounds = QtCore.QRectF(0, 0, w, h)
         self.data = arr
         self.frames += 1
         self._render()
@@ -190,12 +195,12 @@ class TofPanel(QtWidgets.QWidget):
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.curve = self.plot.plot([], [], pen=pg.mkPen("#1f77b4", width=1.5),
                                     fillLevel=0, brush=(31, 119, 180, 60))
-        self.window_region = pg.LinearRegionItem(values=(0, 1), brush=(80, 160, 80, 40),
+        self.window_region = pg.LinearRegionItem(values=(0, 1), brush=(80, 160, 80, 30),
                                                  pen=pg.mkPen("#2ca02c", width=2))
         self.window_region.setZValue(5)
         self.window_region.sigRegionChangeFinished.connect(self._window_dragged)
         self.plot.addItem(self.window_region)
-        self.roi_region = pg.LinearRegionItem(values=(0, 1), brush=(255, 140, 0, 50),
+        self.roi_region = pg.LinearRegionItem(values=(0, 1), brush=(255, 140, 0, 25),
                                               pen=pg.mkPen("#ff8c00", width=2))
         self.roi_region.setZValue(6)
         self.roi_region.sigRegionChangeFinished.connect(self._roi_dragged)

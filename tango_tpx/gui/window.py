@@ -4,8 +4,9 @@ Layout::
 
     +-- device | STATE | Status ----------------------------------------------+
     | hit map (Preview / AcquisitionImage) | ToF spectrum     | Acquisition     |
-    |   colour scale, log, ROI rectangle   |  window + ROI    | Processing      |
-    |                                      | rate trends      | Counters        |
+    |   colour scale, log, ROI rectangle   |  window + ROI    | (controls)      |
+    |                                      | rate trends      | Processing      |
+    | Counters (rates, totals, losses, acquisition, ROI)      | (settings)      |
     +-- status bar: connection, refused writes ----------------------------------+
 
 Everything is driven by :class:`~tango_tpx.gui.link.DeviceLink` events; the window never
@@ -24,7 +25,7 @@ from .link import DeviceLink
 from .plots import ImagePanel, TofPanel, TrendPanel
 
 #: Default window size (px); the screenshot has this size.
-WINDOW_SIZE = (1600, 1000)
+WINDOW_SIZE = (1800, 1000)
 
 
 class TpxWindow(QtWidgets.QMainWindow):
@@ -51,26 +52,33 @@ class TpxWindow(QtWidgets.QMainWindow):
         right.addWidget(self._titled("Time of flight", self.tof))
         right.addWidget(self._titled("Rates", self.trends))
         right.setSizes([540, 340])
-        plots = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
-        plots.addWidget(self._titled("Hit map", self.image))
-        plots.addWidget(right)
-        plots.setSizes([560, 620])
+        split = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
+        split.addWidget(self._titled("Hit map", self.image))
+        split.addWidget(right)
+        split.setSizes([720, 600])
+        plots = QtWidgets.QWidget()
+        plots_layout = QtWidgets.QVBoxLayout(plots)
+        plots_layout.setContentsMargins(0, 0, 0, 0)
+        plots_layout.addWidget(split, 1)
+        plots_layout.addWidget(self.counters)
         side = QtWidgets.QWidget()
         side_layout = QtWidgets.QVBoxLayout(side)
         side_layout.setContentsMargins(0, 0, 0, 0)
-        for panel in (self.controls, self.settings, self.counters):
+        for panel in (self.controls, self.settings):
             side_layout.addWidget(panel)
         side_layout.addStretch(1)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(side)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(380)
+        scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarAlwaysOff)
+        side_width = side.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 6
+        scroll.setMinimumWidth(side_width)
         scroll.setFrameShape(QtWidgets.QFrame.NoFrame)
         body = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
         body.addWidget(plots)
         body.addWidget(scroll)
         body.setStretchFactor(0, 1)
-        body.setSizes([WINDOW_SIZE[0] - 420, 400])
+        body.setSizes([WINDOW_SIZE[0] - side_width - 20, side_width])
         central = QtWidgets.QWidget()
         layout = QtWidgets.QVBoxLayout(central)
         layout.addWidget(self.header)

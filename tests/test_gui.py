@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-pytest.importorskip("PyQt5")
+pytest.importorskip("PyQt5.QtWidgets", reason="PyQt5 or the system libraries Qt needs (libgl1, libglib2.0-0, "
+                    "libfontconfig1: see the README's GUI section) are missing")
 pytest.importorskip("pyqtgraph")
 tango = pytest.importorskip("tango")
 from tango import DevState  # noqa: E402

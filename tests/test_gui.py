@@ -215,6 +215,13 @@ def test_image_shows_the_devices_preview_and_tof_plot_its_bins(app, dev, window,
     wait_gui(app, lambda: window.header.state == DevState.ON, 10, "the header to show ON")
     assert window.header.state_label.text() == "ON"
 
+    # the acquisition's image (when the device has one): the GUI shows the device's sum
+    if "AcquisitionImage" in dev.get_attribute_list():
+        window.image.combo.setCurrentIndex(1)
+        wait_gui(app, lambda: window.image.data is not None
+                 and int(window.image.data.sum()) == int(dev.AcquisitionImage.sum()) > 0, 15,
+                 "the acquisition image")
+
 
 @pytest.mark.timeout(90)
 def test_setting_or_dragging_the_window_writes_the_device(app, dev, window):
@@ -238,6 +245,20 @@ def test_setting_or_dragging_the_window_writes_the_device(app, dev, window):
              "the dragged window (20, 300) on the device")
     wait_gui(app, lambda: tof.start.value() == 20.0 and tof.end.value() == 300.0, 10, "the spin boxes")
     assert window.errors == []
+
+    # the ROI: drag the rectangle on the image, then its ToF limits on the spectrum
+    if "Roi" in dev.get_attribute_list():
+        original = list(dev.Roi)
+        try:
+            wait_gui(app, lambda: window.image._roi_value is not None, 10, "the ROI from the device")
+            window.image.roi.setSize((50, 60), finish=False)
+            window.image.roi.setPos((10, 20))  # finishes the move: one write
+            wait_gui(app, lambda: list(dev.Roi[:4]) == [10, 20, 60, 80], 10, "Roi x/y on the device")
+            wait_gui(app, lambda: list(tof._roi_value[:4]) == [10, 20, 60, 80], 10, "Roi back in the GUI")
+            tof.roi_region.setRegion((2.0, 5.0))
+            wait_gui(app, lambda: list(dev.Roi) == [10, 20, 60, 80, 2.0, 5.0], 10, "Roi ToF on the device")
+        finally:
+            dev.Roi = original
 
     # a value the device refuses: its message in the status bar, the GUI goes on
     tof.end.setValue(5.0)  # below the start

@@ -357,3 +357,25 @@ def test_default_device_is_the_first_timepix3_in_the_database(system):
     assert default_device(system.db.tango_host) == (DEVICE, "")
     name, note = default_device(f"127.0.0.1:{free_port()}")
     assert name == FALLBACK_DEVICE and "cannot be asked" in note
+
+
+@pytest.mark.timeout(240)
+def test_demo_gui_screenshot_runs_the_system_and_stops_it(tmp_path):
+    import re
+
+    out = tmp_path / "demo.png"
+    r = subprocess.run([sys.executable, "-m", "tango_tpx.cli", "demo", "--gui", "--rate", "0.2", "--screenshot",
+                        str(out), "--after", "4", "--workdir", str(tmp_path / "demo")],
+                       env=dict(os.environ, QT_QPA_PLATFORM="offscreen"), capture_output=True, text=True,
+                       timeout=200, start_new_session=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert out.stat().st_size > 10_000
+    m = re.search(r"server pid (\d+), database pid (\d+)", r.stdout)
+    assert m, r.stdout
+    for pid in map(int, m.groups()):  # nothing left behind
+        try:
+            os.kill(pid, 0)
+            alive = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            alive = False
+        assert not alive, pid

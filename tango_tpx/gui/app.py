@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 
 #: Used when the database cannot be asked (the window then shows why it cannot connect).
 FALLBACK_DEVICE = "tpx3/detector/1"
@@ -93,8 +94,10 @@ def run_gui(device: str | None = None, screenshot: str | None = None, after: flo
 
         QtCore.QTimer.singleShot(int(max(0.0, after) * 1000), shoot)
     # Ctrl-C / SIGTERM close the window (Qt's loop lets Python handle signals via a timer)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: window.close())
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: window.close())
     tick = QtCore.QTimer()
     tick.timeout.connect(lambda: None)
     tick.start(200)
@@ -104,6 +107,8 @@ def run_gui(device: str | None = None, screenshot: str | None = None, after: flo
     app.exec_()
     tick.stop()
     window.link.stop()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     return result["code"]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -26,6 +27,10 @@ STREAM_SECONDS = 24 * 3600.0
 DEMO_WINDOW_US = 8.0
 #: ROI of the demo: x0, y0, x1, y1 (px) around the simulated beam spot, ToF 1 .. 3.5 µs (two peaks).
 DEMO_ROI = (80.0, 80.0, 176.0, 176.0, 1.0, 3.5)
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess
+    raise KeyboardInterrupt
 
 
 def _wait_on(proxy: Any, timeout: float) -> None:
@@ -75,6 +80,9 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
     if rate_mhits <= 0:
         say("demo: --rate must be > 0")
         return 2
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM during set-up: clean up too
+        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="tango-tpx-demo-"))
     data_dir = base / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +114,8 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
         proxy.EventWindowEnd = DEMO_WINDOW_US  # the simulated ion peaks are at 1.5 .. 6.1 us
         if "Roi" in proxy.get_attribute_list():
             proxy.Roi = list(DEMO_ROI)
-        say(f"demo: TANGO_HOST={th}, device {url}, recordings go to {data_dir}")
+        say(f"demo: TANGO_HOST={th}, device {url} (server pid {server.pid}, database pid {db.proc.pid}), "
+            f"recordings go to {data_dir}")
         _wait_on(proxy, 90.0)  # the pipeline arms (MOVING) after start-up and setting changes
         proxy.Start()
         _start_simulator(rate_mhits, STREAM_SECONDS, seed, udp_port, sim_stop, sim_result)
@@ -123,6 +132,8 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
         say(f"demo: FAILED: {type(exc).__name__}: {detail}")
         code = 1
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up must not be cut short
         sim_stop.set()
         if server is not None:
             stop_process_group(server, timeout=10.0)
@@ -132,4 +143,6 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
         if log is not None:
             log.close()
         say(f"demo: stopped; server log {base / 'server.log'}")
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     return code

@@ -379,3 +379,40 @@ def test_demo_gui_screenshot_runs_the_system_and_stops_it(tmp_path):
         except (ProcessLookupError, FileNotFoundError):
             alive = False
         assert not alive, pid
+
+
+@pytest.mark.timeout(30)
+def test_widgets_of_attributes_the_device_lacks_are_disabled_with_a_reason(app):
+    from tango_tpx.gui.link import AttrInfo
+    from tango_tpx.gui.window import TpxWindow
+
+    def info(name, writable=True, is_array=False):
+        return AttrInfo(name, writable, is_array, "", name, "", None, None, ())
+
+    w = TpxWindow("tango://127.0.0.1:1/a/b/c")  # never started: no connection is tried
+    try:
+        assert not w.tof.start.isEnabled() and "not connected" in w.tof.start.toolTip()
+        # a device with the older interface: no acquisition settings, no AcquisitionImage, no Roi
+        attrs = {a.name.lower(): a for a in (info("EventWindowStart"), info("EventWindowEnd"),
+                                              info("TotalHits", writable=False), info("Preview", False, True))}
+        w.link.connected.emit(attrs)
+        pump(app, 0.05)
+        assert w.tof.start.isEnabled() and w.tof.end.isEnabled()
+        assert not w.controls.acq_time.isEnabled()
+        assert "this device has no attribute AcquisitionTime" in w.controls.acq_time.toolTip()
+        assert not w.controls.start.isEnabled() and "no command Start" in w.controls.start.toolTip()
+        assert w.counters.labels["TotalHits"].isEnabled() and not w.counters.labels["RoiHits"].isEnabled()
+        assert w.counters.labels["RoiHits"].text() == "n/a"
+        assert not w.image.combo.model().item(1).isEnabled()  # AcquisitionImage
+        assert not w.image.roi.isVisible() and not w.tof.roi_region.isVisible()
+        w.link.value.emit("totalhits", 1234567)
+        w.link.value.emit("eventwindowend", 250.0)
+        pump(app, 0.05)
+        assert w.counters.labels["TotalHits"].text() == "1\u2009234\u2009567"
+        assert w.tof.end.value() == 250.0
+        w.link.disconnected.emit("lost tango://127.0.0.1:1/a/b/c: gone")
+        pump(app, 0.05)
+        assert w.header.status.text().endswith("gone") and not w.tof.start.isEnabled()
+    finally:
+        w.close()
+        w.deleteLater()

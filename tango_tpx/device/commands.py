@@ -121,8 +121,8 @@ class Commands:
                 session.end()
             return
         self.set_state(DevState.MOVING)
-        self.set_status("MOVING: stopping: closing the gate, draining the decoder and the centroid workers")
-        session.end()
+        self.set_status("MOVING: stopping: closing the gate")
+        session.end()                      # the watcher reports what it drains (Status)
         self._wake.set()
 
     def is_OpenFile_allowed(self) -> bool:

@@ -8,7 +8,13 @@ every :meth:`start` from the current settings:
   ToF histogram);
 * ``centroiding`` True: :class:`CentroidPipeline` with ``centroid_processes`` workers.
 
-Train IDs (European XFEL, issue 7): :meth:`AcquisitionController.set_train_id_source`
+Armed operation (what the Tango device uses): :meth:`AcquisitionController.arm` starts the
+same pipeline once with gated stages (:mod:`.gated`) and :attr:`AcquisitionController.session`
+(:class:`~.session.AcquisitionSession`) runs acquisitions on it without blocking: begin/end,
+bounded by detector time or trigger count, per-acquisition counts and preview; live settings
+(:meth:`AcquisitionController.set_live`) apply at the next chunk.
+
+Train IDs (European XFEL): :meth:`AcquisitionController.set_train_id_source`
 runs a :class:`~tango_tpx.trainid.TrainIdReader` thread (or a
 :class:`~tango_tpx.trainid.USBTrainID` process) from then until :meth:`close`, independent
 of start/stop. Each accepted frame (host time ns, train ID, beam mode) updates
@@ -107,6 +113,8 @@ class AcquisitionController:
         self.live = LiveSettings(self.live_values)
         self._acq_preview = SharedPreview(side, side)
         self.session = AcquisitionSession(lambda: self._build(armed=True), self._counters, self._acq_preview)
+        self.session.on_file_open = lambda path: self._open_side_file(path) if self._train_reader else None
+        self.session.on_file_close = lambda: self._close_side_file()
         self._last_fault: str | None = None
         self._longtime: int | None = None
         self._lock = threading.RLock()

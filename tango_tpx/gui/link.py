@@ -213,7 +213,8 @@ class DeviceLink(QtCore.QObject):
                 continue
             kind, name, arg = job
             if not connected:
-                self._emit(self.failed, f"{kind} {name}", f"not connected: {self.last_error}")
+                if kind != "read":  # a refresh can wait for the connection; a write or command cannot
+                    self._emit(self.failed, f"{kind} {name}", f"not connected: {self.last_error}")
                 continue
             self._run_job(kind, name, arg)
         if connected and not self._stop.is_set():

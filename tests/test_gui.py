@@ -328,12 +328,16 @@ def test_missing_device_shows_the_error_and_closes_cleanly(app, system, tmp_path
     # the command too, against a database that is not there, exits 0 after its screenshot
     port = free_port()
     out = tmp_path / "missing.png"
-    r = subprocess.run([sys.executable, "-m", "tango_tpx.cli", "gui", f"tango://127.0.0.1:{port}/a/b/c",
-                        "--screenshot", str(out), "--after", "2"],
-                       env=dict(os.environ, QT_QPA_PLATFORM="offscreen"), capture_output=True, text=True,
-                       timeout=60)
+    no_display = {k: v for k, v in os.environ.items()
+                  if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    cmd = [sys.executable, "-m", "tango_tpx.cli", "gui", f"tango://127.0.0.1:{port}/a/b/c"]
+    r = subprocess.run(cmd + ["--screenshot", str(out), "--after", "2"], env=no_display,  # offscreen by itself
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert out.stat().st_size > 0
+    # no display and no screenshot: a clear message, not a Qt abort
+    r = subprocess.run(cmd, env=no_display, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no display" in r.stderr and "--screenshot" in r.stderr
 
 
 @pytest.mark.timeout(150)

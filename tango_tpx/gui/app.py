@@ -47,6 +47,22 @@ def default_device(tango_host: str | None = None) -> tuple[str, str]:
         return FALLBACK_DEVICE, f"database {host} cannot be asked: {error_text(exc)}"
 
 
+def display_problem(screenshot: bool) -> str | None:
+    """Why no window can be shown here (None when it can).
+
+    Without a display (no DISPLAY / WAYLAND_DISPLAY, no QT_QPA_PLATFORM) a screenshot is
+    rendered offscreen (QT_QPA_PLATFORM is set to ``offscreen`` for this process); an
+    interactive window cannot be opened, and the message says what to do.
+    """
+    if os.environ.get("QT_QPA_PLATFORM") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    if screenshot:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        return None
+    return ("no display: DISPLAY is not set. Run it on a desktop or with X forwarding (ssh -X), or "
+            "render without a display with --screenshot FILE.png (QT_QPA_PLATFORM=offscreen)")
+
+
 def make_app(argv: list[str] | None = None):
     """The Qt application: a TaurusApplication when Taurus is installed (same Qt underneath)."""
     from PyQt5 import QtWidgets
@@ -120,10 +136,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tango-tpx gui: the folder of {args.screenshot} does not exist", file=sys.stderr)
         return 2
     try:
-        import PyQt5  # noqa: F401
+        import PyQt5.QtWidgets  # noqa: F401
         import pyqtgraph  # noqa: F401
     except ImportError as exc:
-        print(f"tango-tpx gui: {exc.name} is not installed (pip install 'tango-tpx[gui]')", file=sys.stderr)
+        print(f"tango-tpx gui: cannot load the Qt GUI: {exc} (pip install 'tango-tpx[gui]'; system "
+              "libraries: libgl1 libglib2.0-0 libfontconfig1)", file=sys.stderr)
+        return 2
+    problem = display_problem(bool(args.screenshot))
+    if problem:
+        print(f"tango-tpx gui: {problem}", file=sys.stderr)
         return 2
     return run_gui(args.device, args.screenshot, args.after)
 

@@ -70,7 +70,7 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
     )
     from tango_tpx.device.demo import DEVICE_TIMEOUT_MS, _start_simulator
 
-    from .app import run_gui
+    from .app import display_problem, run_gui
 
     out = out or sys.stdout
 
@@ -79,6 +79,10 @@ def run_gui_demo(rate_mhits: float = 0.5, centroid_processes: int = 1, seed: int
 
     if rate_mhits <= 0:
         say("demo: --rate must be > 0")
+        return 2
+    problem = display_problem(bool(screenshot))
+    if problem:
+        say(f"demo: {problem}")
         return 2
     previous_term = None
     if threading.current_thread() is threading.main_thread():  # SIGTERM during set-up: clean up too

@@ -2,8 +2,8 @@
 
 * :class:`ImagePanel`: the live ``Preview`` hit map (hits per pixel over the last summary
   period) or, switchable, the ``AcquisitionImage`` (hits per pixel of the current or last
-  acquisition), with a colour scale (histogram/LUT), a log option and the ``Roi`` x/y
-  rectangle, draggable to set it.
+  acquisition), with a colour scale (histogram/LUT; automatic levels or the ones set on it),
+  a log option and the ``Roi`` x/y rectangle, draggable to set it.
 * :class:`TofPanel`: ``TofHistogram`` over ``TofAxis`` (ns, shown in µs) or the
   acquisition's ``AcquisitionTofHistogram``/``AcquisitionTofAxis``; the event window
   (``EventWindowStart``/``End``, µs) and the ROI's ToF limits (``Roi[4:6]``, µs) drawn as
@@ -72,6 +72,10 @@ class ImagePanel(QtWidgets.QWidget):
         self.combo = _source_combo(IMAGE_SOURCES, binder, self._source_changed)
         self.log = QtWidgets.QCheckBox("log scale")
         self.log.toggled.connect(lambda _on: self._render())
+        self.auto = QtWidgets.QCheckBox("auto levels")
+        self.auto.setChecked(True)
+        self.auto.setToolTip("rescale the colours to each image; untick to keep the levels set on the colour bar")
+        self.auto.toggled.connect(lambda _on: self._render())
         self.info = QtWidgets.QLabel("no image yet")
 
         self.view = pg.GraphicsLayoutWidget()
@@ -95,6 +99,7 @@ class ImagePanel(QtWidgets.QWidget):
         top.addWidget(QtWidgets.QLabel("source"))
         top.addWidget(self.combo)
         top.addWidget(self.log)
+        top.addWidget(self.auto)
         top.addStretch(1)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -143,7 +148,7 @@ class ImagePanel(QtWidgets.QWidget):
             return
         shown = np.log10(1.0 + self.data.astype(np.float64)) if self.log.isChecked() else \
             self.data.astype(np.float32)
-        self.image.setImage(shown, autoLevels=True)
+        self.image.setImage(shown, autoLevels=self.auto.isChecked() or self.frames <= 1)
         self.info.setText(f"{self.data.shape[1]}x{self.data.shape[0]} px, {int(self.data.sum())} hits"
                           + (" (log10(1+n))" if self.log.isChecked() else ""))
 

@@ -42,6 +42,11 @@ def _run_register(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.gui:
+        from tango_tpx.gui.demo import run_gui_demo
+
+        return run_gui_demo(rate_mhits=args.rate, centroid_processes=args.processes, seed=args.seed,
+                            workdir=args.workdir, screenshot=args.screenshot, after=args.after)
     from tango_tpx.device.demo import run_demo
 
     return run_demo(duration=args.duration, rate_mhits=args.rate, keep=args.keep, workdir=args.workdir,
@@ -78,6 +83,11 @@ def add_parser(subparsers) -> None:
                    help="also simulate a European XFEL train-ID receiver (10 Hz, pty) as TrainIdSource")
     p.add_argument("--keep", action="store_true",
                    help="leave the database and server running and print TANGO_HOST (for a Taurus GUI)")
+    p.add_argument("--gui", action="store_true",
+                   help="open the Timepix3 window (tango-tpx gui) on the demo device, data until it is closed")
+    p.add_argument("--screenshot", metavar="FILE.png", default=None,
+                   help="with --gui: save the window after --after seconds and end the demo")
+    p.add_argument("--after", type=float, default=5.0, metavar="S", help="with --screenshot: seconds (default 5)")
     p.set_defaults(func=_run_demo)
 
 

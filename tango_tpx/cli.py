@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "tango_tpx.io.cli",           # convert
     "tango_tpx.device.cli",       # serve, register, demo
     "tango_tpx.trainid.cli",      # trainid-sim
+    "tango_tpx.sardana.cli",      # sardana-setup
 )
 
 

@@ -42,6 +42,10 @@ def _run_register(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.sardana:
+        from tango_tpx.sardana.demo import run_sardana_demo
+
+        return run_sardana_demo(rate_mhits=args.rate, workdir=args.workdir, seed=args.seed)
     from tango_tpx.device.demo import run_demo
 
     return run_demo(duration=args.duration, rate_mhits=args.rate, keep=args.keep, workdir=args.workdir,
@@ -78,6 +82,8 @@ def add_parser(subparsers) -> None:
                    help="also simulate a European XFEL train-ID receiver (10 Hz, pty) as TrainIdSource")
     p.add_argument("--keep", action="store_true",
                    help="leave the database and server running and print TANGO_HOST (for a Taurus GUI)")
+    p.add_argument("--sardana", action="store_true",
+                   help="instead: Sardana (Pool, MacroServer, Door) runs ct, an ascan and tpx3_record")
     p.set_defaults(func=_run_demo)
 
 

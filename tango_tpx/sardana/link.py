@@ -49,9 +49,6 @@ class SeriesRequest:
     convert: bool
 
 
-_PATTERN_RE = re.compile(r"^(?:(?P<scheme>file|h5file)://)?(?P<path>[^:]*?)(?:::(?P<dataset>\S+))?$")
-
-
 def parse_value_ref_pattern(pattern: str | None) -> SeriesRequest:
     """Turn a Sardana value reference pattern into the device's file series settings.
 
@@ -70,12 +67,14 @@ def parse_value_ref_pattern(pattern: str | None) -> SeriesRequest:
     text = (pattern or "").strip()
     if not text:
         return SeriesRequest(None, None, False)
-    m = _PATTERN_RE.match(text)
-    if m is None or (m.group("dataset") and m.group("scheme") != "h5file"):
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    path, sep, dataset = rest.partition("::")
+    if scheme not in ("", "file", "h5file") or (sep and scheme != "h5file"):
         raise ValueError(f"value reference pattern {text!r}: expected [file://|h5file://]DIR/PREFIX{{index}}"
                          f"[.raw|.h5]")
-    convert = m.group("scheme") == "h5file"
-    path = m.group("path")
+    convert = scheme == "h5file"
     if not path.startswith("/"):
         raise ValueError(f"value reference pattern {text!r}: the directory must be an absolute path")
     if path.endswith("/"):

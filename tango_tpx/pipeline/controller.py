@@ -36,6 +36,9 @@ from tango_tpx.trainid.receiver import TrainIdReader, USBTrainID
 
 from .acquisition import CentroidPipeline, PixelPipeline
 from .counters import SharedCounters, SharedPreview, tof_bins
+from .gated import ArmedCentroidPipeline, ArmedPixelPipeline
+from .livesettings import LiveSettings, LiveValues
+from .session import AcquisitionSession
 
 #: the public counter keys of :meth:`AcquisitionController.counters`.
 COUNTER_KEYS = ("datagrams", "bytes", "hits", "triggers", "events", "centroids", "malformed_words",
@@ -99,6 +102,11 @@ class AcquisitionController:
         side = 516 if layout == "quad" else 256
         self._preview = SharedPreview(side, side)
         self._pipeline: PixelPipeline | None = None
+        # armed operation (the Tango device): one pipeline kept up, acquisitions behind a gate
+        self.live_values = LiveValues()
+        self.live = LiveSettings(self.live_values)
+        self._acq_preview = SharedPreview(side, side)
+        self.session = AcquisitionSession(lambda: self._build(armed=True), self._counters, self._acq_preview)
         self._last_fault: str | None = None
         self._longtime: int | None = None
         self._lock = threading.RLock()
@@ -117,7 +125,7 @@ class AcquisitionController:
         self.train_side_error: str | None = None
 
     # -- run control ----------------------------------------------------------------------
-    def _build(self) -> PixelPipeline:
+    def _build(self, armed: bool = False) -> PixelPipeline:
         algo = str(self.clustering_algorithm).lower()
         if algo not in ("fast", "dbscan"):
             raise ValueError(f"clustering_algorithm must be 'fast' or 'dbscan', not {self.clustering_algorithm!r}")
@@ -131,11 +139,14 @@ class AcquisitionController:
                       preview=self._preview, preview_period_s=self.preview_period_s,
                       timewalk_lut=self.timewalk_lut)
         address = (self.udp_host, self.udp_port)
+        if armed:
+            common.update(live=self.live, acq_preview=self._acq_preview)
+            self.set_live(event_window=(lo, hi), tot_threshold=int(self.tot_threshold))
         if self.centroiding:
-            return CentroidPipeline(self.data_queue, address, self._longtime, num_processes=n,
+            return (ArmedCentroidPipeline if armed else CentroidPipeline)(self.data_queue, address, self._longtime, num_processes=n,
                                     dbscan_clustering=(algo == "dbscan"), tot_threshold=int(self.tot_threshold),
                                     cent_timewalk_lut=self.cent_timewalk_lut, event_window=(lo, hi), **common)
-        return PixelPipeline(self.data_queue, address, self._longtime, use_event=True,
+        return (ArmedPixelPipeline if armed else PixelPipeline)(self.data_queue, address, self._longtime, use_event=True,
                              event_window=(lo, hi), **common)
 
     def start(self) -> None:
@@ -167,9 +178,30 @@ class AcquisitionController:
                     self._last_fault = f
                 self._pipeline = None
 
+    # -- armed operation ----------------------------------------------------------------------
+    def arm(self) -> None:
+        """Start the pipeline once for many acquisitions (:attr:`session`); blocking."""
+        self.session.arm()
+
+    def disarm(self) -> None:
+        """Stop the armed pipeline's processes."""
+        self.session.disarm()
+
+    def set_live(self, **changes: Any) -> None:
+        """Change live settings (:class:`~.livesettings.LiveValues` fields); an armed
+        pipeline applies them at its next chunk. ValueError names a bad value."""
+        values = self.live_values.with_(**changes)
+        self.live.publish(values)
+        self.live_values = values
+
+    def acquisition_preview(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hit map int32, ToF histogram, ToF axis ns) of the current or last acquisition."""
+        return self._acq_preview.read()
+
     def close(self) -> None:
         """Stop and release everything (the train-ID reader too)."""
         try:
+            self.session.disarm()
             self.stop()
         finally:
             with self._lock:
@@ -212,7 +244,7 @@ class AcquisitionController:
     def recording_file(self) -> str:
         """Absolute path of the file being recorded, '' if none."""
         p = self._pipeline
-        return p.recording_file if p is not None else ""
+        return p.recording_file if p is not None else self.session.recording_file
 
     # -- monitoring -----------------------------------------------------------------------
     def counters(self) -> dict:
@@ -245,6 +277,8 @@ class AcquisitionController:
 
     def fault(self) -> str | None:
         """Why the pipeline is broken (dead stage and its exception, disk full ...), or None."""
+        if self.session.armed:
+            return self.session.fault()
         p = self._pipeline
         if p is not None:
             f = p.fault()

@@ -37,9 +37,13 @@ GLOBAL_COUNTERS = (
     "late_pixels",      # pixels too late to be assigned (decoder)
     "decoded_chunks",   # raw chunks decoded (decoder)
     "delivered",        # messages delivered to the caller/stream (collector)
+    "idle_bytes",       # UDP payload bytes received while the acquisition gate was closed
+    "roi_hits",         # events inside the region of interest (decoder, gated pipeline)
+    "acq_t_start",      # detector time of the current acquisition's first word (fine units)
+    "acq_t_last",       # newest detector time seen in the current acquisition (fine units)
 )
 MAX_WORKERS = 64
-WORKER_COUNTERS = ("centroids", "chunks_in", "hits_in")
+WORKER_COUNTERS = ("centroids", "chunks_in", "hits_in", "roi_centroids")
 #: per-stage queue depth bookkeeping: messages sent into / taken out of a stage input.
 MAX_STAGES = 8
 
@@ -110,6 +114,10 @@ class SharedCounters:
         k = WORKER_COUNTERS.index(name)
         block = self.array[self._w0:self._q0].reshape(MAX_WORKERS, len(WORKER_COUNTERS))
         return int(block[:, k].sum())
+
+    def stage_sent_total(self, stage_slot: int) -> int:
+        """Messages ever put into stage ``stage_slot`` (since the last reset)."""
+        return int(self.array[self._q0 + 2 * stage_slot])
 
     def queue_depths(self, n_stages: int = MAX_STAGES) -> list[int]:
         q = self.array[self._q0:self._q0 + 2 * MAX_STAGES].reshape(MAX_STAGES, 2)

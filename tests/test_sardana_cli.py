@@ -71,7 +71,7 @@ def test_demo_sardana_runs_ct_ascan_and_record(tmp_path):
     res = _run(["demo", "--sardana", "--rate", "0.2", "--workdir", str(tmp_path / "demo")], env, 540, tmp_path)
     out = res.stdout
     assert res.returncode == 0, out
-    for what in ("Door_demo_1 [ct 0.5]", "tpx3_hits", "Scan #", "Door_demo_1 [tpx3_record 1]",
+    for what in ("Door_demo_1 [ct 0.5]", "tpx3_hits", "#Pt No", "Door_demo_1 [tpx3_record 1]",
                  "tpx3_record: ", "NXscan file", "stopped"):
         assert what in out, (what, out)
     refs = re.findall(r"point \d: (file://\S+\.raw) \((\d+) bytes\)", out)

@@ -28,7 +28,7 @@ from tango_tpx.sardana.link import (  # noqa: E402
     ("file:///data/run7/scan_{index}.raw", SeriesRequest("/data/run7", "scan_", False)),
     ("file:///data/run7/scan_{index:05d}", SeriesRequest("/data/run7", "scan_", False)),
     ("h5file:///data/run7/scan_{index}", SeriesRequest("/data/run7", "scan_", True)),
-    ("h5file:///data/run7/scan_{index}.h5::/centroided", SeriesRequest("/data/run7", "scan_", True)),
+    ("h5file:///data/run7/scan_{index}.h5::centroided", SeriesRequest("/data/run7", "scan_", True)),
     ("/data/run7/", SeriesRequest("/data/run7", None, False)),
     ("/data/run7/pt", SeriesRequest("/data/run7", "pt", False)),
 ])
@@ -52,8 +52,8 @@ def test_bad_value_ref_pattern_says_what_is_accepted(pattern, words):
 
 def test_file_reference_schemes():
     assert file_reference("/d/a00001.raw", None, False) == "file:///d/a00001.raw"
-    assert file_reference("/d/a00001.raw", None, True) == "h5file:///d/a00001.h5::/centroided"
-    assert file_reference("/d/a00001.raw", "/e/a00001.h5", True) == "h5file:///e/a00001.h5::/centroided"
+    assert file_reference("/d/a00001.raw", None, True) == "h5file:///d/a00001.h5::centroided"
+    assert file_reference("/d/a00001.raw", "/e/a00001.h5", True) == "h5file:///e/a00001.h5::centroided"
 
 
 @pytest.mark.parametrize("state, expected", [
@@ -136,3 +136,20 @@ def test_unsupported_synchronisation_is_refused_with_its_name():
             ctrl.SetCtrlPar("synchronization", mode)
     assert ctrl.GetCtrlPar("synchronization") == AcqSynch.SoftwareGate
 
+
+
+def test_nxscan_recorder_understands_the_references():
+    """Sardana's NXscan recorder parses h5file references with its own URI pattern: ours must
+    give it the file and the dataset (else it keeps strings instead of a virtual dataset)."""
+    import os
+    import re
+
+    from sardana.macroserver.recorders.h5storage import NXscanH5_FileRecorder
+
+    pattern = NXscanH5_FileRecorder().pattern
+    m = re.match(pattern, file_reference("/data/run7/scan_00003.raw", None, True))
+    assert m is not None
+    assert os.path.normpath(m.group("filepath")) == "/data/run7/scan_00003.h5"
+    assert m.group("dataset") == "centroided"
+    m = re.match(pattern, file_reference("/data/run7/scan_00003.raw", None, False))
+    assert m is not None and m.group("scheme") == "file"

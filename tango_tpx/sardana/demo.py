@@ -54,7 +54,8 @@ def scan_references(scan_file: str | os.PathLike, channel: str = IMAGE_CHANNEL,
             entry = entries[-1]
         ds = f[f"{entry}/measurement/{channel}"]
         if ds.is_virtual:
-            return entry, [f"h5file://{vs.file_name}::{vs.dset_name}" for vs in ds.virtual_sources()]
+            return entry, [f"h5file://{os.path.normpath(vs.file_name)}::{vs.dset_name}"
+                           for vs in ds.virtual_sources()]
         return entry, [r.decode() if isinstance(r, bytes) else str(r) for r in ds[()]]
 
 

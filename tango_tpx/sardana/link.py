@@ -26,8 +26,9 @@ from typing import Any, Callable
 JOIN_WINDOW_S = 1.0
 #: State reads are shared between the controllers for this long (s).
 STATE_CACHE_S = 0.02
-#: Dataset of the converted HDF5 file that ``h5file://`` references point at.
-H5_DATASET = "/centroided"
+#: Group of the converted HDF5 file that ``h5file://`` references point at (written without the
+#: leading "/": Sardana's NXscan recorder only accepts ``h5file://FILE::a/b`` dataset paths).
+H5_DATASET = "centroided"
 
 #: Synchronisation modes the controllers accept (names of sardana.pool.AcqSynch members).
 SUPPORTED_SYNCH = ("SoftwareTrigger", "SoftwareGate")
@@ -92,7 +93,7 @@ def parse_value_ref_pattern(pattern: str | None) -> SeriesRequest:
 
 
 def file_reference(raw_path: str, hdf5_path: str | None, convert: bool) -> str:
-    """The URI the NXscan recorder stores for one point: ``file://X.raw`` or ``h5file://X.h5::/centroided``."""
+    """The URI the NXscan recorder stores for one point: ``file://X.raw`` or ``h5file://X.h5::centroided``."""
     if convert:
         h5 = hdf5_path or str(Path(raw_path).with_suffix(".h5"))
         return f"h5file://{h5}::{H5_DATASET}"
@@ -252,7 +253,7 @@ class DeviceLink:
                 self.call("CloseFile", lambda p: p.command_inout("CloseFile"))
 
     def last_reference(self) -> str:
-        """URI of the last acquisition's file (``file://...raw`` or ``h5file://...h5::/centroided``)."""
+        """URI of the last acquisition's file (``file://...raw`` or ``h5file://...h5::centroided``)."""
         values = self.read("LastFile", "AutoConvert")
         raw = values["LastFile"]
         if not raw:

@@ -11,7 +11,7 @@ One axis (``tpx3_image``). Per point:
   ``StateOne`` is Moving until the device is back ON (file closed);
 * ``ReadOne`` returns ``AcquisitionImage`` (hits per pixel, 256x256 or 516x516);
 * ``RefOne`` returns ``file://<LastFile>`` or, with AutoConvert,
-  ``h5file://<the .h5 beside it>::/centroided``;
+  ``h5file://<the .h5 beside it>::centroided``;
 * ``StopOne``/``AbortOne`` stop the acquisition and close the file.
 """
 

@@ -42,9 +42,10 @@ class tpx3_record(Macro):
     """Record one bounded Timepix3 acquisition of SECONDS to a new raw file and print the
     file and the counts (hits, centroids, triggers, ROI hits and centroids).
 
-    NAME, if given, becomes the file prefix (the file is RecordingPath/NAME<NNNNN>.raw);
-    the device's AutoRecord setting is restored afterwards. Aborting stops the acquisition
-    and closes the file.
+    NAME, if given, is the file prefix of this recording (the file is
+    RecordingPath/NAME<NNNNN>.raw); the device's FilePrefix and AutoRecord are restored
+    afterwards. With AutoConvert on, the HDF5 file is written beside it in the background.
+    Aborting stops the acquisition and closes the file.
     """
 
     param_def = [
@@ -61,7 +62,7 @@ class tpx3_record(Macro):
         dev = self.dev
         if dev.state() != tango.DevState.ON:
             raise RuntimeError(f"{dev.name()} is {dev.state()}, not ON: {dev.status().strip()}")
-        auto_record = dev.AutoRecord
+        auto_record, prefix = dev.AutoRecord, dev.FilePrefix
         try:
             if name:
                 dev.FilePrefix = name
@@ -73,9 +74,10 @@ class tpx3_record(Macro):
             state = _wait_idle(self, dev, seconds + 60.0)
         finally:
             dev.AutoRecord = auto_record
+            dev.FilePrefix = prefix
         if state != tango.DevState.ON:
             raise RuntimeError(f"{dev.name()} went {state}: {dev.status().strip()}")
-        names = ["LastFile", "AcquisitionElapsed", "AcquisitionHits", "AcquisitionCentroids",
+        names = ["LastFile", "AutoConvert", "AcquisitionElapsed", "AcquisitionHits", "AcquisitionCentroids",
                  "AcquisitionTriggersDone", "RoiHits", "RoiCentroids"]
         v = {n: a.value for n, a in zip(names, dev.read_attributes(names))}
         self.output(f"tpx3_record: {v['LastFile']}")
@@ -83,6 +85,8 @@ class tpx3_record(Macro):
                     f"centroids {v['AcquisitionCentroids']}, triggers {v['AcquisitionTriggersDone']}, "
                     f"ROI hits {v['RoiHits']}, ROI centroids {v['RoiCentroids']} "
                     f"({time.monotonic() - t0:.1f} s wall)")
+        if v["AutoConvert"]:
+            self.output(f"tpx3_record: converting to {v['LastFile'][:-4]}.h5 in the background")
         return v["LastFile"]
 
     def on_abort(self):

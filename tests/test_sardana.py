@@ -84,7 +84,7 @@ def _hits_in(path: Path) -> int:
     from tango_tpx.tpx3.files import inspect_file, iter_words
 
     dec = Decoder(framing=inspect_file(str(path)).framing)
-    return sum(len(dec.decode(words)) for words in iter_words(str(path)))
+    return sum(len(dec.decode(words).pixels) for words in iter_words(str(path)))
 
 
 def _last_scan(system):
@@ -191,24 +191,26 @@ def test_macros_print_what_they_did(system, door):
     assert any(f"LastFile={path}" in line for line in status)
 
 
-def _children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (from /proc)."""
+def _pipeline_stages(pid: int) -> list[int]:
+    """Child processes of the server ``pid`` that are forked pipeline stages (same command
+    line as the server; the resource tracker and the converter are spawned, not forked)."""
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if int(fields[1]) == pid and (stat.parent / "cmdline").read_bytes() == cmdline:
+                kids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
+    return sorted(kids)
 
 
 def test_device_fault_is_reported_by_the_channels_with_its_status(system, door):
     dev = system.device
-    workers = _children(system.server.pid)
-    assert workers, "the TangoTpx server has no pipeline processes"
-    os.kill(workers[-1], signal.SIGKILL)  # a pipeline stage dies -> the device goes to FAULT
+    stages = _pipeline_stages(system.server.pid)
+    assert stages, "the TangoTpx server has no pipeline processes"
+    os.kill(stages[-1], signal.SIGKILL)  # a pipeline stage dies -> the device goes to FAULT
     try:
         wait_until(lambda: dev.state() == tango.DevState.FAULT, 30, "device FAULT")
         channel = tango.DeviceProxy(system.url("tpx3_hits"))

@@ -185,27 +185,39 @@ def configure_pool(pool_name: str, device: str = DEFAULT_DEVICE, timeout_s: floa
         pool.command_inout("CreateMeasurementGroup", [MEASUREMENT_GROUP, *channels])
         created.append(f"measurement group {MEASUREMENT_GROUP}: {', '.join(channels)} "
                        f"(timer {CT_CHANNELS[0]})")
-        _enable_value_refs(MEASUREMENT_GROUP, IMAGE_CHANNEL)
+        _enable_value_refs(pool, MEASUREMENT_GROUP, IMAGE_CHANNEL)
         created.append(f"{MEASUREMENT_GROUP}: value references on for {IMAGE_CHANNEL}")
     return created
 
 
-def _enable_value_refs(mg_name: str, channel: str, timeout: float = 30.0) -> None:
-    """Turn value references on for ``channel`` in the measurement group (through Taurus)."""
-    import taurus
-    from sardana.taurus.core.tango.sardana import registerExtensions
+def _enable_value_refs(pool: Any, mg_name: str, channel: str, timeout: float = 30.0) -> None:
+    """Turn value references on for ``channel`` in the measurement group's configuration.
 
-    registerExtensions()
+    Also records the channel's data type (float64, the type of the image's Value): Sardana's
+    NXscan recorder needs it to turn ``h5file://`` references into a virtual dataset, and
+    would otherwise take the type of the reference (a string) and give up.
+    """
+    import tango
+
+    full = next(json.loads(m)["full_name"] for m in pool.read_attribute("MeasurementGroupList").value
+                if json.loads(m)["name"].lower() == mg_name.lower())
     deadline = time.monotonic() + timeout
     while True:
         try:
-            mg = taurus.Device(mg_name)
-            mg.setValueRefEnabled(True, channel)
-            return
-        except Exception:  # noqa: BLE001 - the new device may need a moment to be exported
+            mg = tango.DeviceProxy(full)
+            config = json.loads(mg.read_attribute("Configuration").value)
+            break
+        except tango.DevFailed:  # the new device may need a moment to be exported
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+    for ctrl in config["controllers"].values():
+        for ch in ctrl["channels"].values():
+            if ch["name"].lower() == channel.lower():
+                ch["value_ref_enabled"] = True
+                ch.setdefault("value_ref_pattern", "")
+                ch["data_type"] = "float64"
+    mg.write_attribute("Configuration", json.dumps(config))
 
 
 def configure_environment(macroserver: str, device: str = DEFAULT_DEVICE, scan_dir: str | None = None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -89,11 +91,11 @@ def udp_port() -> int:
 @pytest.fixture
 def device(udp_port):
     with _context(UdpPort=udp_port) as proxy:
-        proxy.set_timeout_millis(15000)
+        _wait_state(proxy, DevState.ON, 60)   # armed in the background after start-up
         yield proxy
 
 
-def _wait_state(proxy, state, timeout=5.0):
+def _wait_state(proxy, state, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proxy.state() == state:
@@ -106,7 +108,7 @@ def _wait_state(proxy, state, timeout=5.0):
 def test_attributes_defaults_limits_and_errors(device, tmp_path):
     d = device
     assert d.state() == DevState.ON
-    assert "ON" in d.status() and "UDP 127.0.0.1:" in d.status()
+    assert "ON" in d.status() and "UDP 127.0.0.1:" in d.status() and "armed" in d.status()
 
     # defaults
     assert d.CentroidProcesses == 1
@@ -129,7 +131,15 @@ def test_attributes_defaults_limits_and_errors(device, tmp_path):
     assert list(d.get_attribute_config("ClusteringAlgorithm").enum_labels) == ["fast", "dbscan"]
     writable = {a.name for a in d.attribute_list_query() if a.writable == tango.AttrWriteType.READ_WRITE}
     assert writable == {"CentroidProcesses", "EventWindowStart", "EventWindowEnd", "RecordingPath",
-                         "Centroiding", "ClusteringAlgorithm", "TotThreshold"}
+                         "Centroiding", "ClusteringAlgorithm", "TotThreshold", "AcquisitionTime",
+                         "AcquisitionTriggers", "FilePrefix", "FileIndex", "AutoRecord", "AutoConvert", "Roi",
+                         "ClusterRadius", "ClusterTimeWindow", "MinClusterSize"}
+    # ranges are declared so that Taurus and Sardana show them
+    for name, lo, hi in (("CentroidProcesses", "1", str(CENTROID_PROCESSES_MAX)), ("TotThreshold", "0", "1023"),
+                         ("EventWindowEnd", "0", "1e+06"), ("AcquisitionTime", "0", "86400"),
+                         ("MinClusterSize", "1", "1000"), ("ClusterRadius", "0", "16")):
+        cfg = d.get_attribute_config(name)
+        assert (float(cfg.min_value), float(cfg.max_value)) == (float(lo), float(hi)), name
 
     # good writes read back
     d.CentroidProcesses = CENTROID_PROCESSES_MAX
@@ -148,11 +158,12 @@ def test_attributes_defaults_limits_and_errors(device, tmp_path):
     d.RecordingPath = ""
     assert d.RecordingPath == ""
 
-    # bad writes: DevFailed naming what is allowed; value unchanged
+    # bad writes: refused (outside the declared range by Tango itself, the rest by the device
+    # with a text naming what is allowed); value unchanged
     for bad in (0, CENTROID_PROCESSES_MAX + 1):
         with pytest.raises(DevFailed) as err:
             d.CentroidProcesses = bad
-        assert f"CentroidProcesses must be 1..{CENTROID_PROCESSES_MAX}, got {bad}" in _desc(err.value)
+        assert "CentroidProcesses" in _desc(err.value) and "authorized" in _desc(err.value)
     assert d.CentroidProcesses == CENTROID_PROCESSES_MAX
     with pytest.raises(DevFailed) as err:
         d.EventWindowStart = 3000.0
@@ -162,15 +173,21 @@ def test_attributes_defaults_limits_and_errors(device, tmp_path):
     assert "must not be before EventWindowStart (12.5 us)" in _desc(err.value)
     with pytest.raises(DevFailed) as err:
         d.EventWindowStart = -1.0
-    assert "EventWindowStart must be 0..EventWindowEnd (2500.0 us); a negative window" in _desc(err.value)
+    assert "below the minimum authorized" in _desc(err.value)
     with pytest.raises(DevFailed) as err:
         d.EventWindowEnd = 2e6
-    assert "EventWindowEnd must be EventWindowStart..1e+06 us" in _desc(err.value)
+    assert "above the maximum authorized" in _desc(err.value)
     assert (d.EventWindowStart, d.EventWindowEnd) == (12.5, 2500.0)
     with pytest.raises(DevFailed) as err:
         d.TotThreshold = 1024
-    assert "TotThreshold must be 0..1023 ToT counts (25 ns), got 1024" in _desc(err.value)
+    assert "TotThreshold" in _desc(err.value)
     assert d.TotThreshold == 5
+    with pytest.raises(DevFailed) as err:
+        d.Roi = [10, 0, 5, 5, 0, 1]
+    assert "Roi must be 6 numbers" in _desc(err.value) and "x0 <= x1" in _desc(err.value)
+    with pytest.raises(DevFailed) as err:
+        d.FilePrefix = "../up"
+    assert "FilePrefix may hold letters" in _desc(err.value)
     with pytest.raises(DevFailed) as err:
         d.RecordingPath = str(tmp_path / "missing")
     assert "does not exist" in _desc(err.value)
@@ -194,8 +211,10 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         d.Stop()
     assert "Stop is not allowed in state ON" in _desc(err.value)
     with pytest.raises(DevFailed) as err:
-        d.OpenFile("/tmp/x.raw")
-    assert "OpenFile is not allowed in state ON" in _desc(err.value)
+        d.ResetCounters()
+        d.CloseFile()
+        d.Stop()
+    assert "Stop is not allowed in state ON" in _desc(err.value)
 
     n_hits, n_trig, seconds = 24_000, 1200, 1.5
     words, n_events = make_stream(n_hits, n_trig, seed=1)
@@ -218,7 +237,12 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
     ids.append(d.subscribe_event("Preview", tango.EventType.DATA_READY_EVENT,
                                  lambda ev: ready.append(ev.ctr) if not ev.err else None))
     try:
-        d.Centroiding = False
+        d.Centroiding = False          # re-arms the pipeline (MOVING) without centroid workers
+        assert d.state() == DevState.MOVING and "re-arming" in d.status()
+        with pytest.raises(DevFailed) as err:
+            d.Start()
+        assert "Start is not allowed in state MOVING" in _desc(err.value)
+        _wait_state(d, DevState.ON, 60)
         d.Start()
         assert d.state() == DevState.RUNNING
         assert "RUNNING" in d.status() and f"127.0.0.1:{udp_port}" in d.status()
@@ -261,7 +285,8 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         assert max(h.sum() for h in hists) > 0  # events arrived in the ToF histogram
 
         d.Stop()
-        assert d.state() == DevState.ON
+        assert d.state() in (DevState.MOVING, DevState.ON)
+        _wait_state(d, DevState.ON)
         # hits 0..1 ms after a trigger are events (the last one is flushed by Stop)
         wait_until(lambda: d.TotalEvents == n_events, 10, f"{n_events} events, got {d.TotalEvents}")
         d.ResetCounters()
@@ -280,6 +305,7 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
 def test_open_file_rules(device, tmp_path, udp_port):
     d = device
     d.Centroiding = False
+    _wait_state(d, DevState.ON, 60)
     d.Start()
     with pytest.raises(DevFailed) as err:
         d.OpenFile("run1.raw")
@@ -300,8 +326,10 @@ def test_open_file_rules(device, tmp_path, udp_port):
     assert f"already recording to {full}" in _desc(err.value)
     assert d.RecordingFile == full  # the refusal lost nothing
     assert not (tmp_path / "run2.raw").exists()
-    d.CloseFile()
+    d.CloseFile()                      # answers at once; the file is finished in the background
     assert d.RecordingFile == ""
+    assert d.LastFile == full
+    wait_until(lambda: os.path.getsize(full) >= words.size * 8, 10, "the closed file")
     size = os.path.getsize(full)
     assert size in (words.size * 8, words.size * 8 + 8)  # with or without the 8-byte header
     with pytest.raises(DevFailed) as err:
@@ -318,6 +346,7 @@ def test_open_file_rules(device, tmp_path, udp_port):
     sub.mkdir()
     assert d.OpenFile(str(sub / "abs.raw")) == str(sub.resolve() / "abs.raw")
     d.Stop()  # closes the recording
+    _wait_state(d, DevState.ON)
     assert d.RecordingFile == ""
     d.CloseFile()  # harmless when nothing is recorded
 
@@ -332,8 +361,7 @@ def test_stage_fault_goes_to_fault_and_init_recovers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(controller_module.AcquisitionController, "fault", fault)
     with _context() as d:
-        d.set_timeout_millis(15000)
-        d.Centroiding = False
+        _wait_state(d, DevState.ON, 60)
         d.Start()
         flag.write_text("stage 'PacketProcessor' died: ZeroDivisionError: division by zero")
         _wait_state(d, DevState.FAULT)
@@ -346,33 +374,41 @@ def test_stage_fault_goes_to_fault_and_init_recovers(tmp_path, monkeypatch):
             d.ResetCounters()
         assert "state FAULT" in _desc(err.value)
         flag.unlink()
+        d.TotThreshold = 7
         d.Init()
-        assert d.state() == DevState.ON
-        assert d.Centroiding is False  # settings survive Init
+        _wait_state(d, DevState.ON, 60)
+        assert d.TotThreshold == 7  # settings survive Init
         d.Start()
         assert d.state() == DevState.RUNNING
         d.Stop()
-        assert d.state() == DevState.ON
+        _wait_state(d, DevState.ON)
 
 
 @pytest.mark.timeout(60)
 def test_fault_on_busy_udp_port_names_port(udp_port):
-    with _context(UdpPort=udp_port) as d:
-        d.set_timeout_millis(15000)
-        # bind after the server process was forked so that it does not inherit the socket
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
-            busy.bind(("127.0.0.1", udp_port))
+    # another process holds the port (not this one: the server process is forked from here)
+    holder = subprocess.Popen([sys.executable, "-c", "import socket, sys, time; s = socket.socket(socket.AF_INET, "
+                               f"socket.SOCK_DGRAM); s.bind(('127.0.0.1', {udp_port})); print('bound', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "bound"
+        with _context(UdpPort=udp_port) as d:
+            _wait_state(d, DevState.FAULT, 60)
+            assert f"127.0.0.1:{udp_port}" in d.status()
             with pytest.raises(DevFailed) as err:
                 d.Start()
-            assert f"127.0.0.1:{udp_port}" in _desc(err.value)
-            assert d.state() == DevState.FAULT
-            assert f"127.0.0.1:{udp_port}" in d.status()
-        d.Init()
-        assert d.state() == DevState.ON
-        d.Centroiding = False
-        d.Start()
-        assert d.state() == DevState.RUNNING
-        d.Stop()
+            assert "state FAULT" in _desc(err.value)
+            holder.kill()
+            holder.wait(10)
+            d.Init()
+            _wait_state(d, DevState.ON, 60)
+            d.Start()
+            assert d.state() == DevState.RUNNING
+            d.Stop()
+            _wait_state(d, DevState.ON)
+    finally:
+        holder.kill()
+        holder.wait(10)
 
 
 @pytest.mark.timeout(60)
@@ -397,5 +433,5 @@ def test_unusable_train_id_source_gives_fault_naming_property():
 @pytest.mark.timeout(60)
 def test_quad_layout_preview_shape():
     with _context(ChipLayout="quad") as d:
-        assert d.state() == DevState.ON
+        _wait_state(d, DevState.ON, 60)
         assert d.Preview.shape == (516, 516)

@@ -51,7 +51,8 @@ class System:
         host, port = self.db.tango_host.split(":")
         self.database = tango.Database(host, int(port))
         register_config(None, db=self.database, overrides={DEVICE: {
-            "UdpPort": [str(self.udp_port)], "DataStreamAddress": [""], "SummaryPeriod": ["0.25"]}})
+            "UdpPort": [str(self.udp_port)], "DataStreamAddress": [f"tcp://127.0.0.1:{free_port()}"],
+            "SummaryPeriod": ["0.25"]}})
         self.url = f"tango://{self.db.tango_host}/{DEVICE}"
         self.server: subprocess.Popen | None = None
         self.log = open(tmp / "server.log", "w")
@@ -88,13 +89,15 @@ def system(tmp_path_factory):
 @pytest.fixture
 def dev(system):
     d = system.proxy
+    wait_until(lambda: d.state() != DevState.MOVING, 60, "the armed pipeline")
     if d.state() != DevState.ON:
         d.Init()
-    assert d.state() == DevState.ON, d.status()
+    wait_until(lambda: d.state() == DevState.ON, 60, f"ON ({d.status()})")
     yield d
     try:
         if d.state() == DevState.RUNNING:
             d.Stop()
+        wait_until(lambda: d.state() != DevState.MOVING, 30, "the end of the acquisition")
         if d.RecordingFile:
             d.CloseFile()
     except DevFailed:
@@ -155,7 +158,8 @@ def test_record_stream_through_database_with_change_events(system, dev, tmp_path
         client.CloseFile()
         assert client.RecordingFile == ""
         client.Stop()
-        assert client.state() == DevState.ON
+        assert client.state() in (DevState.MOVING, DevState.ON)
+        wait_until(lambda: client.state() == DevState.ON, 20, "ON after Stop")
         assert client.TotalHits == n_hits
         assert client.BytesReceived == words.size * 8
         reference = Decoder().decode(words)  # decoded here, independently of the pipeline
@@ -184,24 +188,32 @@ def test_record_stream_through_database_with_change_events(system, dev, tmp_path
     np.testing.assert_array_equal(np.sort(dec.pixels.toa), np.sort(truth.hits.toa))
 
 
-@pytest.mark.timeout(60)
-def test_fault_on_occupied_udp_port_names_port_and_init_recovers(system, dev):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
-        busy.bind(("127.0.0.1", system.udp_port))
-        with pytest.raises(DevFailed) as err:
-            dev.Start()
-        assert str(system.udp_port) in err.value.args[0].desc
-        assert dev.state() == DevState.FAULT
-        assert f"127.0.0.1:{system.udp_port}" in dev.status()
+@pytest.mark.timeout(120)
+def test_changed_udp_port_rearms_at_init_and_a_busy_one_is_a_fault_naming_it(system, dev):
+    busy_port = _udp_port()
+    holder = subprocess.Popen([sys.executable, "-c", "import socket, time; s = socket.socket(socket.AF_INET, "
+                               f"socket.SOCK_DGRAM); s.bind(('127.0.0.1', {busy_port})); print('bound', flush=True); "
+                               "time.sleep(90)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "bound"
+        system.database.put_device_property(DEVICE, {"UdpPort": [str(busy_port)]})
+        dev.Init()
+        wait_until(lambda: dev.state() == DevState.FAULT, 60, "FAULT on the busy port")
+        assert f"127.0.0.1:{busy_port}" in dev.status()
         with pytest.raises(DevFailed) as err:
             dev.Start()
         assert "state FAULT" in err.value.args[0].desc
+    finally:
+        holder.kill()
+        holder.wait(10)
+        system.database.put_device_property(DEVICE, {"UdpPort": [str(system.udp_port)]})
     dev.Init()
-    assert dev.state() == DevState.ON
+    wait_until(lambda: dev.state() == DevState.ON, 60, "ON after Init")
+    assert f"127.0.0.1:{system.udp_port}" in dev.status()
     dev.Start()
     assert dev.state() == DevState.RUNNING
     dev.Stop()
-    assert dev.state() == DevState.ON
+    wait_until(lambda: dev.state() == DevState.ON, 20, "ON after Stop")
 
 
 @pytest.mark.timeout(90)
@@ -236,6 +248,7 @@ def test_taurus_reads_every_attribute_and_gets_events(system, dev):
         dev.Start()
         wait_until(lambda: len(got) >= 2, 10, "two Taurus change events")
         dev.Stop()
+        wait_until(lambda: dev.state() == DevState.ON, 20, "ON after Stop")
     finally:
         attr.removeListener(listener)
 
@@ -249,12 +262,13 @@ def test_memorized_settings_survive_server_restart(system, dev):
     system.stop_server()
     system.start_server()
     d = system.proxy
-    assert d.state() == DevState.ON
+    wait_until(lambda: d.state() == DevState.ON, 60, "the armed pipeline")
     assert (d.EventWindowStart, d.EventWindowEnd, d.TotThreshold, d.Centroiding) == (25.0, 650.0, 9, False)
     d.Centroiding = True
     d.EventWindowStart = 0.0
     d.EventWindowEnd = 1000.0
     d.TotThreshold = 0
+    wait_until(lambda: d.state() == DevState.ON, 60, "re-armed with centroiding")
 
 
 @pytest.mark.timeout(60)

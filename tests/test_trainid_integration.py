@@ -269,7 +269,8 @@ def test_device_train_id_attribute_events_and_status(tmp_path: Path):
 
         sid = d.subscribe_event("TrainId", tango.EventType.CHANGE_EVENT, on_event)
         try:
-            assert d.state() == DevState.ON and d.TrainId == -1
+            wait_until(lambda: d.state() == DevState.ON, 60, "the armed pipeline (ON)")
+            assert d.TrainId == -1
             wait_until(lambda: "train-ID receiver disconnected:" in d.status(), 10, "'not there yet' in Status")
             sim = SimulatedReceiver(rate_hz=50, start_train_id=START_ID, link_dir=str(tmp_path)).start()
             # train IDs flow while ON, as change events
@@ -294,7 +295,7 @@ def test_device_train_id_attribute_events_and_status(tmp_path: Path):
             wait_until(lambda: "train-ID receiver connected" in d.status(), 5, "reconnected Status")
             assert d.state() == DevState.RUNNING
             d.Stop()
-            assert d.state() == DevState.ON
+            wait_until(lambda: d.state() == DevState.ON, 10, "ON after Stop")
         finally:
             d.unsubscribe_event(sid)
             if sim is not None:

@@ -97,6 +97,15 @@ def _live_line(t: float, live: _Live) -> str:
             f"lost trig {live.get('LostTriggers')} bad words {live.get('MalformedWords')}")
 
 
+def _wait_idle(proxy, timeout: float) -> None:
+    """Wait while the device is MOVING (arming, re-arming, stopping)."""
+    import tango
+
+    deadline = time.monotonic() + timeout
+    while proxy.state() == tango.DevState.MOVING and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _start_simulator(rate_mhits: float, duration: float, seed: int, port: int, stop: threading.Event,
                      result: dict[str, Any]) -> threading.Thread:
     """Stream simulated SPIDR data to 127.0.0.1:port in a thread, paced in real time."""
@@ -206,6 +215,7 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         proxy = wait_for_device(url, timeout=60.0, proc=server)
         proxy.set_timeout_millis(DEVICE_TIMEOUT_MS)
         say(f"demo: server {server_name} running (pid {server.pid}), device {url} is {proxy.state()}")
+        _wait_idle(proxy, 60.0)   # the pipeline is armed in the background (MOVING -> ON)
 
         proxy.RecordingPath = str(data_dir)
         proxy.CentroidProcesses = max(1, int(centroid_processes))
@@ -213,14 +223,18 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
         proxy.EventWindowEnd = window_us[1]
         proxy.EventWindowStart = window_us[0]
         proxy.Centroiding = True
+        _wait_idle(proxy, 60.0)   # a changed process count re-arms the pipeline
+        say(f"demo: device {proxy.state()}: {proxy.status().splitlines()[0]}")
 
         live = _Live()
         for name in LIVE_ATTRIBUTES + (("TrainId",) if trainid else ()):
             sub_ids.append(proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, live))
 
+        raw_path = proxy.OpenFile(time.strftime("demo-%Y%m%d-%H%M%S.raw"))   # the next Start records
+        t_cmd = time.perf_counter()
         proxy.Start()
-        raw_path = proxy.OpenFile(time.strftime("demo-%Y%m%d-%H%M%S.raw"))
-        say(f"demo: {proxy.state()}, recording to {raw_path}")
+        t_cmd = time.perf_counter() - t_cmd
+        say(f"demo: Start answered in {1e3 * t_cmd:.0f} ms; {proxy.state()}, recording to {raw_path}")
 
         sim = _start_simulator(rate_mhits, duration, seed, udp_port, sim_stop, sim_result)
         say(f"demo: simulator sending {rate_mhits:g} Mhits/s for {duration:g} s to UDP 127.0.0.1:{udp_port}")
@@ -252,8 +266,11 @@ def run_demo(duration: float = 10.0, rate_mhits: float = 0.5, keep: bool = False
             say(f"demo: simulator sent {sim_result['hits']} hits, {sim_result.get('triggers', 0)} triggers "
                 f"in {sim_result.get('datagrams', 0)} datagrams ({sim_result.get('bytes', 0)} bytes)")
 
-        proxy.CloseFile()
-        proxy.Stop()
+        t_cmd = time.perf_counter()
+        proxy.Stop()                      # closes the recording; draining goes on in the background
+        t_cmd = time.perf_counter() - t_cmd
+        say(f"demo: Stop answered in {1e3 * t_cmd:.0f} ms; {proxy.state()}: {proxy.status().splitlines()[0]}")
+        _wait_idle(proxy, 60.0)
         totals = {name: proxy.read_attribute(name).value
                   for name in ("TotalHits", "TotalTriggers", "TotalEvents", "TotalCentroids",
                                "BytesReceived", "KernelDrops", "LostTriggers", "MalformedWords")}

@@ -83,7 +83,7 @@ class SettingsAttributes:
 
     def _refuse_while_busy(self, name: str) -> None:
         state = self.get_state()
-        if state in (DevState.RUNNING, DevState.MOVING):
+        if state == DevState.RUNNING or (state == DevState.MOVING and not self._transition_busy):
             fail("Timepix3_NotNow", f"{name} cannot change in state {state}: it changes the pipeline's "
                  "processes; Stop first (allowed in ON)", f"Timepix3.{name}")
 

@@ -105,6 +105,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         self._acq_series = False
         self._acq_recording = ""
         self._transition_busy = False
+        self._rearm_pending = False
         self._transition_lock = threading.Lock()
 
         for name in ("State", "Status", *SUMMARY_ATTRIBUTES):
@@ -197,9 +198,12 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         def work() -> None:
             if retiring is not None:
                 retiring.join(30.0)
-            ctrl.disarm()
-            self._apply_settings()
-            ctrl.arm()
+            self._rearm_pending = True
+            while self._rearm_pending:      # a pipeline setting written meanwhile: once more
+                self._rearm_pending = False
+                ctrl.disarm()
+                self._apply_settings()
+                ctrl.arm()
 
         self._run_transition(label, work)
 
@@ -210,8 +214,11 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
             return
         if name in LIVE_SETTINGS:
             ctrl.set_live(**self._live_values())
-        elif name in REARM_SETTINGS and self.get_state() == DevState.ON:
-            self._rearm()
+        elif name in REARM_SETTINGS:
+            if self.get_state() == DevState.ON:
+                self._rearm()
+            elif self._transition_busy:
+                self._rearm_pending = True
 
     def _live_values(self) -> dict[str, Any]:
         s = self._settings

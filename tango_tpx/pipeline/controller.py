@@ -107,6 +107,8 @@ class AcquisitionController:
         self.live = LiveSettings(self.live_values)
         self._acq_preview = SharedPreview(side, side)
         self.session = AcquisitionSession(lambda: self._build(armed=True), self._counters, self._acq_preview)
+        self.session.on_file_open = lambda path: self._open_side_file(path) if self._train_reader else None
+        self.session.on_file_close = lambda: self._close_side_file()
         self._last_fault: str | None = None
         self._longtime: int | None = None
         self._lock = threading.RLock()

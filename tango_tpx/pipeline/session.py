@@ -62,6 +62,9 @@ class AcquisitionSession:
         self.acq_preview = acq_preview
         self.on_done = on_done
         self.on_phase = on_phase
+        #: called with the raw path when a recording starts / with no argument before it ends
+        self.on_file_open: Callable[[str], None] | None = None
+        self.on_file_close: Callable[[], None] | None = None
         self.pipeline: ArmedPixelPipeline | ArmedCentroidPipeline | None = None
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -134,6 +137,8 @@ class AcquisitionSession:
                          "record": record, "report": None, "file": "", "file_bytes": 0,
                          "deadline": 0.0, "error": None, "files": [], "opened": threading.Event()}
             self.recording_file = record
+            if record and self.on_file_open is not None:
+                self.on_file_open(record)
             self._t_begin = time.monotonic()
             self._t_end = 0.0
             return acq_id
@@ -152,6 +157,8 @@ class AcquisitionSession:
             self._request_end(a)
 
     def _request_end(self, a: dict) -> None:
+        if self.on_file_close is not None:
+            self.on_file_close()
         a["phase"] = "stopping"
         a["deadline"] = time.monotonic() + DRAIN_TIMEOUT_S
         a["end_cid"] = self.pipeline.send_command("end", {"id": a["id"]})
@@ -167,12 +174,16 @@ class AcquisitionSession:
             full = self.pipeline._command_sampler("open", path, timeout=timeout)
             self.recording_file = full
             self._acq["files"].append(full)
+            if self.on_file_open is not None:
+                self.on_file_open(full)
             return full
 
     def close_file(self) -> str:
         """Stop recording (the file is finished in the background); returns its path or ''."""
         with self._lock:
             path, self.recording_file = self.recording_file, ""
+            if path and self.on_file_close is not None:
+                self.on_file_close()
             if path and self.armed and self._acq is not None and self._acq["phase"] == "running":
                 self._open_cmds.append(self.pipeline.send_command("close", None))
                 if self._acq.get("record") == path:
@@ -256,7 +267,7 @@ class AcquisitionSession:
                 a["end_cid"] = None
                 ok, value = r
                 a["file"], a["file_bytes"] = (value[0], int(value[1])) if ok else ("", 0)
-        if a["end_cid"] is None and a["report"] is not None and self._drained(pipe):
+        if a["end_cid"] is None and a["report"] is not None and not self._open_cmds and self._drained(pipe):
             self._done(a)
         elif time.monotonic() > a["deadline"]:
             a["error"] = (f"stopping did not finish in {DRAIN_TIMEOUT_S:g} s "

@@ -284,6 +284,8 @@ def get_link(name: str, timeout_s: float = 3.0) -> DeviceLink:
         link = _LINKS.get(name.lower())
         if link is None:
             link = _LINKS[name.lower()] = DeviceLink(name, timeout_s)
-        else:
-            link.timeout_s = max(link.timeout_s, float(timeout_s))
+        elif float(timeout_s) > link.timeout_s:
+            link.timeout_s = float(timeout_s)
+            if link._proxy is not None:
+                link._proxy.set_timeout_millis(int(link.timeout_s * 1000))
         return link

@@ -2,7 +2,8 @@
 
 One axis (``tpx3_image``). Per point:
 
-* ``PrepareOne`` writes the file series from the channel's value reference settings:
+* ``PrepareOne`` writes AcquisitionTime and the file series from the channel's value
+  reference settings:
   enabled -> ``AutoRecord`` on, ``RecordingPath``/``FilePrefix`` from the pattern (see
   :func:`tango_tpx.sardana.link.parse_value_ref_pattern`), ``AutoConvert`` for ``h5file://``;
   disabled -> ``AutoRecord`` off;
@@ -79,6 +80,8 @@ class Timepix3TwoDCtrl(Timepix3CtrlMixin, TwoDController, Referable):
                    nb_starts: int) -> None:
         request = parse_value_ref_pattern(self._ref_pattern) if self._ref_enabled else None
         self.link.prepare_series(request)
+        if value > 0:  # the integration time (LoadOne sets it again before each start)
+            self.link.load(value)
 
     @checked
     def ReadOne(self, axis: int):  # noqa: N802

@@ -104,6 +104,21 @@ def test_ct_counts_grow_with_time_at_the_simulated_rate(system, door):
     assert full["tpx3_hits"] > half["tpx3_hits"]
 
 
+def test_software_gate_counts_and_software_start_is_refused(system, door):
+    mg = MEASUREMENT_GROUP
+    try:
+        _run_ok(door, ["set_meas_conf", "Synchronization", "Gate", [], mg])
+        values = _ct_values(_run_ok(door, "ct 0.3").output)
+        assert values["tpx3_hits"] > 0 and values["tpx3_triggers"] > 0, values
+        _run_ok(door, ["set_meas_conf", "Synchronization", "Start", [], mg])
+        result = door.run("ct 0.3", timeout=60)
+        assert not result.ok
+        assert any("SoftwareStart is not supported" in line for line in result.errors), result.errors
+    finally:
+        _run_ok(door, ["set_meas_conf", "Synchronization", "Trigger", [], mg])
+    assert system.device.state() == tango.DevState.ON
+
+
 def test_ascan_writes_nxscan_with_one_existing_file_per_point(system, door):
     result = _run_ok(door, "ascan mot01 0 1 4 0.5")
     assert any(line.split()[:3] == ["#Pt", "No", "mot01"] for line in result.output), result.output

@@ -47,8 +47,9 @@ class Timepix3CtrlMixin:
             mode = AcqSynch(value) if not isinstance(value, AcqSynch) else value
             if mode.name not in SUPPORTED_SYNCH:
                 raise ValueError(f"{self.GetName()}: synchronization {mode.name} is not supported by the Timepix3 "
-                                 f"controllers (supported: {', '.join(SUPPORTED_SYNCH)}); the device "
-                                 f"returns one value per acquisition, not one per hardware trigger")
+                                 f"controllers (supported: {', '.join(SUPPORTED_SYNCH)}); the device makes "
+                                 f"one bounded acquisition per start and keeps no values per trigger "
+                                 f"or repetition")
             self._synchronization = mode
             return
         super().SetCtrlPar(parameter, value)  # type: ignore[misc]

@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "tango_tpx.device.cli",       # serve, register, demo
     "tango_tpx.trainid.cli",      # trainid-sim
     "tango_tpx.gui.app",          # gui
+    "tango_tpx.sardana.cli",      # sardana-setup
 )
 
 

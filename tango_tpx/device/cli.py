@@ -47,6 +47,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
         return run_gui_demo(rate_mhits=args.rate, centroid_processes=args.processes, seed=args.seed,
                             workdir=args.workdir, screenshot=args.screenshot, after=args.after)
+    if args.sardana:
+        from tango_tpx.sardana.demo import run_sardana_demo
+
+        return run_sardana_demo(rate_mhits=args.rate, workdir=args.workdir, seed=args.seed)
     from tango_tpx.device.demo import run_demo
 
     return run_demo(duration=args.duration, rate_mhits=args.rate, keep=args.keep, workdir=args.workdir,
@@ -88,6 +92,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--screenshot", metavar="FILE.png", default=None,
                    help="with --gui: save the window after --after seconds and end the demo")
     p.add_argument("--after", type=float, default=5.0, metavar="S", help="with --screenshot: seconds (default 5)")
+    p.add_argument("--sardana", action="store_true",
+                   help="instead: Sardana (Pool, MacroServer, Door) runs ct, an ascan and tpx3_record")
     p.set_defaults(func=_run_demo)
 
 

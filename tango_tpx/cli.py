@@ -17,7 +17,8 @@ from . import __version__
 _COMMAND_MODULES = (
     "tango_tpx.simulator.cli",    # simulate
     "tango_tpx.io.cli",           # convert
-    "tango_tpx.device.cli",       # serve, register, demo
+    "tango_tpx.device.cli",       # serve, register
+    "tango_tpx.democli",          # demo
     "tango_tpx.trainid.cli",      # trainid-sim
     "tango_tpx.gui.app",          # gui
     "tango_tpx.sardana.cli",      # sardana-setup

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Sequence
 
+from tango_tpx.io.compress import COMPRESSIONS, DEFAULT_COMPRESSION
 from tango_tpx.io.convert import (
     DEFAULT_BATCH_HITS,
     DEFAULT_CHUNK_WORDS,
@@ -65,8 +66,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: INPUT.trainid.csv when it exists)")
     p.add_argument("--layout", choices=("auto", "single", "quad"), default="auto",
                    help="pixel layout (auto: quad for a multi-chip .tpx3)")
-    p.add_argument("--compression", choices=("blosc-lz4", "lzf", "none"), default="blosc-lz4",
-                   help="HDF5 filter (lzf: readable without hdf5plugin, slower)")
+    p.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION,
+                   help="HDF5 filter (default deflate: read by every HDF5 reader; blosc-lz4, blosc-zstd "
+                        "and lz4 need 'import hdf5plugin' to read; lzf: h5py only)")
     p.add_argument("--chunk-words", type=int, default=DEFAULT_CHUNK_WORDS, help=argparse.SUPPRESS)
     p.add_argument("--batch-hits", type=int, default=DEFAULT_BATCH_HITS, help=argparse.SUPPRESS)
     p.add_argument("-f", "--force", action="store_true", help="replace an existing output file")

@@ -202,9 +202,10 @@ def trigger_edge_columns(triggers: Any) -> dict[int, np.ndarray]:
 # writer
 # --------------------------------------------------------------------------------------------
 
-def compression_kwargs(compression: str, dtype: Any = np.uint16) -> dict[str, Any]:
-    """h5py ``create_dataset`` keyword arguments for one of :data:`COMPRESSIONS` and a column dtype."""
-    return dataset_kwargs(compression, dtype)
+def compression_kwargs(compression: str, dtype: Any = np.uint16, path: str = "") -> dict[str, Any]:
+    """h5py ``create_dataset`` keyword arguments for one of :data:`COMPRESSIONS`, a column dtype
+    and the dataset path."""
+    return dataset_kwargs(compression, dtype, path)
 
 
 def _attr_value(value: Any) -> Any:
@@ -238,10 +239,12 @@ class _Table:
         self.dsets = {}
         for key, spec in self.specs.items():
             d = h5file.create_dataset(spec.path, shape=(0,), maxshape=(None,), dtype=spec.dtype,
-                                      chunks=(chunk_rows,), **compression_kwargs(compression, spec.dtype))
+                                      chunks=(chunk_rows,), **compression_kwargs(compression, spec.dtype, spec.path))
             d.attrs["unit"] = spec.unit
             d.attrs["description"] = spec.description
             self.dsets[key] = d
+        # datasets whose chunks the chunk writer compresses (deflate); the others HDF5 writes
+        self.direct = {k for k, d in self.dsets.items() if chunk_writer is not None and d.compression == "gzip"}
         self.buf = {k: np.empty(chunk_rows, s.dtype) for k, s in self.specs.items()}
         self.fill = 0
         self.rows = 0  # rows written to the file
@@ -281,11 +284,11 @@ class _Table:
         for k, d in self.dsets.items():
             d.resize((start + n,))
             a = np.asarray(cols[k], dtype=self.specs[k].dtype)
-            if self.chunk_writer is not None and start % cr == 0:
+            if k in self.direct and start % cr == 0:
                 for pos in range(0, n, cr):
                     self.chunk_writer.put(d, start + pos, a[pos:pos + cr], cr)
             else:  # not chunk-aligned (after a mid-stream flush): HDF5 filters it
-                if self.chunk_writer is not None:
+                if k in self.direct:
                     self.chunk_writer.drain()  # the chunk it rewrites may still be queued
                 d[start:start + n] = a
         self.rows = start + n
@@ -492,7 +495,7 @@ def append_to_file(path: str | os.PathLike, tables: Mapping[str, Mapping[str, np
         for spec in DATASETS.values():
             if spec.path not in f:
                 d = f.create_dataset(spec.path, shape=(0,), maxshape=(None,), dtype=spec.dtype,
-                                     chunks=(chunk_rows,), **compression_kwargs(compression, spec.dtype))
+                                     chunks=(chunk_rows,), **compression_kwargs(compression, spec.dtype, spec.path))
                 d.attrs["unit"] = spec.unit
                 d.attrs["description"] = spec.description
         for table, cols in tables.items():

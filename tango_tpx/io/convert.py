@@ -162,6 +162,7 @@ def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: 
             workers.close()
             workers = None
             _fill_result(result, state, counts)
+            result.range_counts = counts  # what this range alone wrote (sections, appends)
             if result.hits == 0 and result.trigger_edges == 0 and final and start_word == 0:
                 raise ConversionError(f"{in_path}: no pixel hits and no trigger words found "
                                       f"({result.words} words: {result.word_counts}); nothing to convert")

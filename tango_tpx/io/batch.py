@@ -128,7 +128,7 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
     except PermissionError:
         raise PermissionError(f"{folder}: output folder is not writable") from None
     except OSError as exc:
-        raise PermissionError(f"{folder}: output folder cannot be written: {exc}") from None
+        raise PermissionError(f"{folder}: output folder is not writable ({exc.strerror})") from None
     return folder
 
 

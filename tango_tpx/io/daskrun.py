@@ -120,7 +120,7 @@ def run_on_dask(todo: list, convert_kwargs: dict, progress: Any, sizes: dict, *,
             final[fut.key] = oc
             started[fut.key] = time.perf_counter()
             futures.append(fut)
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             oc = final[fut.key]
             try:
                 res = fut.result()

@@ -32,7 +32,8 @@ H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 @dataclass
 class FileOutcome:
-    """What became of one input: status 'done', 'skipped' or 'failed' (with ``reason``)."""
+    """What became of one input: status 'done', 'skipped' or 'failed' (with ``reason``);
+    seconds: the conversion's own time (for a sectioned input on Dask: submission to join)."""
 
     input: str
     output: str

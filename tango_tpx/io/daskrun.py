@@ -122,12 +122,14 @@ def run_on_dask(todo: list, convert_kwargs: dict, progress: Any, sizes: dict, *,
             futures.append(fut)
         for fut in as_completed(futures, loop=client.loop):
             oc = final[fut.key]
+            oc.seconds = time.perf_counter() - started[fut.key]  # since submission
             try:
                 res = fut.result()
                 oc.status, oc.hits = "done", int(res["hits"])
+                if oc.sections == 1:
+                    oc.seconds = float(res["seconds"])  # the task's own time in its worker
             except Exception as exc:
                 oc.status, oc.reason = "failed", f"{type(exc).__name__}: {exc}"
-            oc.seconds = time.perf_counter() - started[fut.key]
             progress.advance(sizes[id(oc)], oc.hits, file_done=True)
     finally:
         client.close()

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         # take turns so that a busy spell hits them alike
         runs = {c: [] for c in comps}
         runs[comps[0]].append(t_full)
-        sizes, cpus = {}, {comps[0]: cpu_full}
+        sizes, cpus = {}, {comps[0]: cpu_full}   # CPU: the least of the runs (the first included)
         for k in range(args.repeat):
             for c in comps:
                 if k == 0 and c == comps[0]:

@@ -276,3 +276,22 @@ def test_default_output_is_read_without_hdf5plugin(tmp_path):
     expect = np.concatenate([np.arange(50 + k) % 256 for k in range(5)])
     assert int(n) == len(expect) and int(s) == int(expect.sum())
     assert float(last) == pytest.approx(53 * 4096 * 25 / 4096 * 1e-9)
+
+
+@pytest.mark.parametrize("compression", ["deflate", "blosc-lz4", "blosc-zstd", "lz4", "lzf", "none"])
+def test_every_compression_choice_round_trips(tmp_path, compression):
+    from tango_tpx.io.compress import NEEDS_HDF5PLUGIN
+
+    p = tmp_path / f"{compression}.h5"
+    n = 300
+    with Hdf5Writer(p, compression=compression, chunk_rows=128) as w:
+        w.append_events(make_events(np.arange(n) // 7, np.arange(n) % 256, np.arange(n) % 5,
+                                    np.arange(n) * 4096, np.full(n, 4)))
+    with h5py.File(p, "r") as f:
+        assert f.attrs["compression"] == compression
+        np.testing.assert_array_equal(f["raw/x"][:], np.arange(n) % 256)
+        np.testing.assert_array_equal(f["raw/trigger nr"][:], np.arange(n) // 7)
+        plugin = {f[path].id.get_create_plist().get_filter(i)[0]
+                  for path in ("raw/x", "raw/tof") for i in range(f[path].id.get_create_plist().get_nfilters())}
+    # HDF5's own filters (deflate 1, shuffle 2) and h5py's bundled LZF (32000) need no plugin
+    assert (compression in NEEDS_HDF5PLUGIN) == bool(plugin - {1, 2, 32000})

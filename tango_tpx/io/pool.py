@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tango_tpx.io.batching import Batch, BatchResult, gather_pieces, count_before, make_state, process_batch
+from tango_tpx.io.batching import Batch, BatchResult, count_before, gather_pieces, make_state, process_batch
 
 
 def _die_with_parent() -> None:

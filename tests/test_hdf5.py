@@ -237,8 +237,9 @@ def test_column_length_mismatch_is_an_error(tmp_path):
                                      "tof": np.zeros(2), "tot": np.zeros(2)})
 
 
+@pytest.mark.parametrize("threads", [0, 2])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.float32, np.int64, np.float64])
-def test_direct_deflate_chunks_equal_hdf5_filters(tmp_path, dtype):
+def test_direct_deflate_chunks_equal_hdf5_filters(tmp_path, dtype, threads):
     """Chunks compressed by tango-tpx and written directly decode, through HDF5's own
     shuffle + deflate filters, to the values; partial last chunks included."""
     from tango_tpx.io.compress import ChunkWriter, dataset_kwargs
@@ -246,7 +247,7 @@ def test_direct_deflate_chunks_equal_hdf5_filters(tmp_path, dtype):
     rng = np.random.default_rng(3)
     vals = (rng.integers(0, 1000, 1000) * 3).astype(dtype)
     p = tmp_path / "d.h5"
-    cw = ChunkWriter(threads=2, max_pending=2)
+    cw = ChunkWriter(threads=threads, max_pending=2)
     with h5py.File(p, "w") as f:
         d = f.create_dataset("v", shape=(len(vals),), maxshape=(None,), dtype=dtype, chunks=(128,),
                              **dataset_kwargs("deflate", dtype))

@@ -167,9 +167,10 @@ class ChunkWriter:
     """
 
     def __init__(self, threads: int | None = None, max_pending: int | None = None):
-        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self.threads = default_threads() if threads is None else max(0, int(threads))
         self.max_pending = max_pending or 8 * self.threads + 16
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tango-tpx-deflate")
+        # 0 threads: compress in the calling thread (no hand-over, no copies kept waiting)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tango-tpx-deflate") if self.threads else None
         self._pending: deque[tuple[Any, int, Future]] = deque()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -179,6 +180,11 @@ class ChunkWriter:
         starts at ``row`` (a multiple of ``chunk_rows``) of ``dset``, already resized."""
         buf = chunk_bytes(values, chunk_rows)
         self.bytes_in += buf.nbytes
+        if self._pool is None:
+            data = _compress(buf)
+            self.bytes_out += len(data)
+            dset.id.write_direct_chunk((row,), data)
+            return
         self._pending.append((dset, row, self._pool.submit(_compress, buf)))
         self._write_ready(block=len(self._pending) > self.max_pending)
 
@@ -201,7 +207,8 @@ class ChunkWriter:
             self.drain()
         finally:
             self._pending.clear()
-            self._pool.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 __all__ = ["COMPRESSIONS", "DEFAULT_COMPRESSION", "NEEDS_HDF5PLUGIN", "DEFLATE_LIBRARY", "DEFLATE_PLAIN", "dataset_kwargs",

@@ -48,8 +48,8 @@ def _float(text: str) -> float:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``convert`` sub-command on an ``argparse`` sub-parsers object."""
     p = subparsers.add_parser(
-        "convert", help="convert a pymepix .raw or ASI .tpx3 file to HDF5",
-        description="Convert a pymepix .raw (with or without header) or ASI .tpx3 file to HDF5 "
+        "convert", help="convert pymepix .raw or ASI .tpx3 files to HDF5",
+        description="Convert pymepix .raw (with or without header) or ASI .tpx3 files to HDF5 "
                     "(pymepix layout: raw/, centroided/, timing/timepix/, triggers/). "
                     "The default deflate output is read by any HDF5 reader (no hdf5plugin needed).")
     p.add_argument("input", nargs="*", help="input .raw or .tpx3 files, globs or folders")
@@ -224,6 +224,10 @@ def _run_batch(args: argparse.Namespace) -> int:
     err = sys.stderr
     if args.scheduler and args.workers:
         print("tango-tpx convert: error: --scheduler and --workers exclude each other", file=err)
+        return 2
+    if args.trainid and (len(args.input) > 1 or Path(args.input[0]).is_dir()):
+        print("tango-tpx convert: error: --trainid names the side file of one input; in a batch each "
+              "input's INPUT.trainid.csv is used", file=err)
         return 2
     try:
         summary = run_batch(args.input, args.output, convert_kwargs=_convert_kwargs(args),

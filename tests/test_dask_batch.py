@@ -141,7 +141,9 @@ def test_corrupt_input_fails_alone_on_dask(tmp_path, batch_inputs, capsys):
     out = tmp_path / "out"
     with dask_cluster(2) as (addr, _):
         t = time.monotonic()
-        rc = cli_main(["convert", str(d), "-o", str(out), "--scheduler", addr, "-q",
+        # -n 2: each task uses the converter's pool inside its (threaded, nanny-less) worker,
+        # started without fork
+        rc = cli_main(["convert", str(d), "-o", str(out), "--scheduler", addr, "-q", "-n", "2",
                        "--chunk-words", str(KW["chunk_words"]), "--batch-hits", str(KW["batch_hits"])])
         assert time.monotonic() - t < 120
     cap = capsys.readouterr()

@@ -3,7 +3,8 @@
 1. :func:`plan_sections`: boundaries at multiples of the read chunk (``chunk_words``), so the
    reads, and hence the batches, are those of one pass.
 2. :func:`prescan`: one cheap sequential pass (decode, trigger numbering, batch cutting; no
-   events, no clustering, no writing: ~10 ns per hit) records the
+   events, no clustering, no writing: ~20 ns of CPU per hit measured, under a tenth of the
+   conversion; the last section is not scanned) records the
    :class:`~tango_tpx.io.engine.StreamState` at every boundary: the decoder's time-extension
    epoch and anchor, the next trigger number and TDC counters, and the held-back pixels of
    events still open at the boundary (they straddle it and are converted by the section

@@ -164,6 +164,25 @@ def test_append_three_inputs_equals_their_concatenation(tmp_path):
     assert cli_main([*base, str(parts[0])]) == 1  # a closed run takes no more inputs
 
 
+def test_append_refuses_an_input_with_nothing_in_it_and_keeps_the_run(tmp_path, capsys):
+    words = sim_words(13, duration_s=0.03)
+    good = write_raw(tmp_path / "good.raw", words)
+    zeros = tmp_path / "zeros.raw"
+    zeros.write_bytes(bytes(8 * 5000))
+    run = tmp_path / "run.h5"
+    append_inputs(run, [good], **KW)
+    with h5py.File(run, "r") as f:
+        before = f["raw/x"].shape[0]
+    assert cli_main(["convert", "--append", str(run), str(zeros)]) == 1
+    assert "nothing to append" in capsys.readouterr().err
+    close_run(run, **KW)
+    ref = tmp_path / "ref.h5"
+    convert_file(good, ref, **KW)
+    assert_same_datasets(run, ref)
+    with h5py.File(run, "r") as f:
+        assert f["raw/x"].shape[0] >= before and json.loads(f.attrs["run_inputs"]) == [str(good.resolve())]
+
+
 def test_append_rolls_back_an_unfinished_append(tmp_path):
     words = sim_words(12, duration_s=0.05)
     half = len(words) // 2

@@ -80,8 +80,10 @@ def append_inputs(run: str | os.PathLike, inputs: list[str | os.PathLike], *, cl
                   number_of_processes: int = 1, **convert_kwargs: Any) -> list[ConvertResult]:
     """Append ``inputs`` (in order) to the run file ``run`` (created on the first call);
     ``close`` then closes the run (see :func:`close_run`). ``convert_kwargs``: the
-    conversion options of :func:`~tango_tpx.io.convert.convert_file` (the same for every
-    append of a run). Returns one result per input (rows this input added)."""
+    conversion options of :func:`~tango_tpx.io.convert.convert_file`; the first append of a
+    run fixes them (kept in the state file) and later appends use those (except
+    ``trainid_file``: each input's own train-ID side file). Returns one result
+    per input (rows this input added)."""
     from tango_tpx.io.convert import convert_range_file
 
     run = Path(run)
@@ -90,13 +92,15 @@ def append_inputs(run: str | os.PathLike, inputs: list[str | os.PathLike], *, cl
     results = []
     for inp in inputs:
         meta = _load_meta(run)
+        if meta is not None:  # the first append fixed the run's conversion options
+            convert_kwargs = dict(meta["options"], trainid_file=convert_kwargs.get("trainid_file"))
         job = prepare_job(inp, run, check_output=False, **convert_kwargs)
         if meta is None:
             attrs = dict(job.attrs, run_inputs=[])
             Hdf5Writer(run, attrs, overwrite=False, compression=job.compression).close(complete=False)
             meta = {"kind": "tango-tpx run", "state": StreamState(job.params).dumps(), "rows": {},
                     "inputs": [], "counts": dict.fromkeys(_SUMMED, 0), "pixel_stats": dict.fromkeys(PIXEL_STATS, 0),
-                    "framing": job.params.framing, "layout": job.params.layout}
+                    "framing": job.params.framing, "layout": job.params.layout, "options": {k: v for k, v in convert_kwargs.items() if k != "trainid_file"}}
             _save_meta(run, meta)
         if (job.params.framing, job.params.layout) != (meta["framing"], meta["layout"]):
             raise ConversionError(f"{inp}: {job.params.framing}/{job.params.layout} data cannot join a "
@@ -105,6 +109,9 @@ def append_inputs(run: str | os.PathLike, inputs: list[str | os.PathLike], *, cl
         part = run.with_name(f".{run.name}.append-{uuid.uuid4().hex}.h5")
         try:
             r = convert_range_file(job, part, number_of_processes=number_of_processes, state=state, final=False)
+            if r.hits == 0 and r.trigger_edges == 0:  # the run is left as it was
+                raise ConversionError(f"{inp}: no pixel hits and no trigger words found "
+                                      f"({r.words} words: {r.word_counts}); nothing to append")
             _append_part(run, part, meta["rows"])
         finally:
             part.unlink(missing_ok=True)
@@ -128,7 +135,9 @@ def _add_pixels(total: dict, part_pixels: dict) -> dict:
 
 
 def close_run(run: str | os.PathLike, *, number_of_processes: int = 1, **convert_kwargs: Any) -> ConvertResult:
-    """Release the last open event of the run, write the run's totals and mark it complete."""
+    """Release the last open event of the run, write the run's totals and mark it complete.
+    The conversion options are those the run was started with (``convert_kwargs`` are
+    accepted for symmetry with :func:`append_inputs` and not used)."""
     from tango_tpx.io.convert import convert_range_file
 
     t0 = time.perf_counter()
@@ -138,7 +147,7 @@ def close_run(run: str | os.PathLike, *, number_of_processes: int = 1, **convert
         raise FileNotFoundError(f"{run}: no such run file")
     if not meta["inputs"]:
         raise ConversionError(f"{run}: nothing was appended to this run")
-    job = prepare_job(meta["last_input"], run, check_output=False, **convert_kwargs)
+    job = prepare_job(meta["last_input"], run, check_output=False, **dict(meta["options"], trainid_file=False))
     state = StreamState.loads(meta["state"])
     part = run.with_name(f".{run.name}.close-{uuid.uuid4().hex}.h5")
     n = job.info.n_words
@@ -164,6 +173,7 @@ def close_run(run: str | os.PathLike, *, number_of_processes: int = 1, **convert
             for a in range(0, d.shape[0], 1 << 20):
                 counter.update(d[a:a + (1 << 20)])
             f[name].attrs["nr events"] = counter.count
+        f["timing/timepix"].attrs["nr events"] = int(f["timing/timepix/trigger nr"].shape[0])
         f.flush()
         f.attrs["complete"] = True
     state_path(run).unlink(missing_ok=True)

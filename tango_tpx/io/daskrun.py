@@ -52,10 +52,12 @@ def task_section(inp: str, out: str, k: int, bounds: list[int], states: list[str
 
 
 def task_join(inp: str, out: str, n_parts: int, convert_kwargs: dict, *sections: dict) -> dict:
-    """Dask task: join the part files once every section task is done."""
+    """Dask task: join the part files once every section task is done. The parts stay (the
+    client removes them after the batch), so a join retried after its worker died after the
+    rename still finds them."""
     from tango_tpx.io.sections import join_parts
 
-    return join_parts(inp, out, n_parts, convert_kwargs, force=True)
+    return join_parts(inp, out, n_parts, convert_kwargs, force=True, keep_parts=True)
 
 
 def connect(scheduler: str | None, workers: int | None, timeout: float):

@@ -18,7 +18,7 @@ hits, the pending pixels, HDF5 chunk buffers and queued compressed chunks ~40 MB
 slots: 2 N x (``batch_hits`` + ``chunk_words``) x 39 B = 61 MB each); each worker ~0.35 GB.
 Only an event larger than a batch (rare triggers with an unlimited window) makes it grow.
 
-Costs (``benchmarks/convert.py``): see docs/readme/convert.md for the measured figures.
+Costs: ``benchmarks/convert.py`` measures them (deflate and blosc-lz4 side by side).
 
 Safety: the output is written to ``OUTPUT.partial`` with the file attribute
 ``complete = False``; only after everything is written is ``complete`` set and the file

@@ -24,6 +24,7 @@ from tango_tpx.io.convert import convert_file
 from tango_tpx.io.sections import convert_split, parts_dir, plan_sections
 
 from .batchutil import KW, assert_same_datasets, is_complete, sim_file, sim_words, write_raw
+from .conftest import CAPTURES, needs_captures
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,18 @@ def test_sections_join_equals_single_pass(tmp_path, window):
         assert f.attrs["sections"] == 3
         # with an unlimited window the boundaries cut events: they were held back, not split
         assert f["raw"].attrs["nr events"] == r1.triggers
+
+
+@needs_captures
+def test_sections_of_a_real_capture_equal_single_pass(tmp_path):
+    """Real SPIDR data (readout order, 39 triggers over 5 s): four sections, joined, equal one pass."""
+    src = CAPTURES / "out_5sec.raw"
+    kw = {"chunk_words": 1 << 12, "batch_hits": 5000}
+    one, split = tmp_path / "one.h5", tmp_path / "split.h5"
+    r1 = convert_file(src, one, **kw)
+    r2 = convert_split(src, split, section_words=(src.stat().st_size - 8) // 8 // 4, **kw)
+    assert_same_datasets(one, split)
+    assert r2["processing"] == r1.processing and r1.events > 500_000
 
 
 def test_plan_sections_are_whole_chunks():

@@ -120,15 +120,17 @@ def _shuffle4(src: np.ndarray, out: np.ndarray) -> None:
         out[3 * n + i] = src[4 * i + 3]
 
 
-def chunk_bytes(values: np.ndarray, chunk_rows: int) -> np.ndarray:
+def chunk_bytes(values: np.ndarray, chunk_rows: int, out: np.ndarray | None = None) -> np.ndarray:
     """``values`` (at most ``chunk_rows`` of a 1-D numeric column) padded with zeros to a
     whole chunk, byte-shuffled as HDF5's shuffle filter does when :func:`shuffles` says so:
-    the bytes the deflate filter sees (a new uint8 array)."""
+    the bytes the deflate filter sees, in ``out`` (uint8, ``chunk_rows`` x item size) or a
+    new array."""
     values = np.ascontiguousarray(values)
     size = values.dtype.itemsize
     if size not in (1, 2, 4, 8) or values.ndim != 1 or len(values) > chunk_rows:
         raise ValueError(f"cannot store {values.dtype} values of shape {values.shape} as a {chunk_rows}-row chunk")
-    out = np.empty(chunk_rows * size, np.uint8)
+    if out is None or out.dtype != np.uint8 or out.size != chunk_rows * size:
+        out = np.empty(chunk_rows * size, np.uint8)
     src = values.view(np.uint8)
     if not shuffles(values.dtype):
         out[:src.size] = src
@@ -171,30 +173,43 @@ class ChunkWriter:
         self.max_pending = max_pending or 8 * self.threads + 16
         # 0 threads: compress in the calling thread (no hand-over, no copies kept waiting)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tango-tpx-deflate") if self.threads else None
-        self._pending: deque[tuple[Any, int, Future]] = deque()
+        self._pending: deque[tuple[Any, int, Future, np.ndarray]] = deque()
+        # chunk buffers whose compression is done, by size: reused (no allocation and page
+        # faults per chunk)
+        self._free: dict[int, list[np.ndarray]] = {}
         self.bytes_in = 0
         self.bytes_out = 0
 
     def put(self, dset: Any, row: int, values: np.ndarray, chunk_rows: int) -> None:
         """Queue ``values`` (one chunk's rows, at most ``chunk_rows``) as the chunk that
         starts at ``row`` (a multiple of ``chunk_rows``) of ``dset``, already resized."""
-        buf = chunk_bytes(values, chunk_rows)
+        nbytes = chunk_rows * values.dtype.itemsize
+        free = self._free.get(nbytes)
+        buf = chunk_bytes(values, chunk_rows, free.pop() if free else None)
         self.bytes_in += buf.nbytes
         if self._pool is None:
             data = _compress(buf)
             self.bytes_out += len(data)
             dset.id.write_direct_chunk((row,), data)
+            self._release(buf)
             return
-        self._pending.append((dset, row, self._pool.submit(_compress, buf)))
+        self._pending.append((dset, row, self._pool.submit(_compress, buf), buf))
         self._write_ready(block=len(self._pending) > self.max_pending)
 
     def _write_ready(self, block: bool) -> None:
         while self._pending and (block or self._pending[0][2].done()):
-            dset, row, fut = self._pending.popleft()
+            dset, row, fut, buf = self._pending.popleft()
             data = fut.result()
             self.bytes_out += len(data)
             dset.id.write_direct_chunk((row,), data)
+            self._release(buf)
             block = block and len(self._pending) > self.max_pending // 2
+
+    def _release(self, buf: np.ndarray) -> None:
+        """Keep a compressed chunk's buffer for the next chunk of its size (a few per size)."""
+        free = self._free.setdefault(buf.nbytes, [])
+        if len(free) < 4:
+            free.append(buf)
 
     def drain(self) -> None:
         """Write every queued chunk (waits for their compression)."""
@@ -207,6 +222,7 @@ class ChunkWriter:
             self.drain()
         finally:
             self._pending.clear()
+            self._free.clear()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 

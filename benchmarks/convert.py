@@ -1,13 +1,17 @@
 """End-to-end conversion benchmark: simulated raw file -> HDF5 with centroids (``tango-tpx convert``).
 
-Usage: ``python benchmarks/convert.py [--size-gb 1.0] [--processes 2] [--repeat 3] [--dbscan-mhits 0.3]``
+Usage: ``python benchmarks/convert.py [--size-gb 1.0] [--processes 2] [--repeat 3] [--dbscan-mhits 0.3]
+[--compressions deflate,blosc-lz4]``
 
 1. The simulator writes a pymepix .raw file of ``--size-gb`` GB (default 1 GB, ~130 M hits).
 2. numba/scikit-learn are warmed up on a tiny file, outside the timed regions.
 3. Timed: the whole file, fast clustering, ``--processes`` processes (Mhits/s = decoded pixel
-   hits per second of wall time, reading, decoding, events, centroids and HDF5 writing included).
-4. Same run, a slice of the file (``--dbscan-mhits`` M words): the pymepix-compatible DBSCAN
-   mode (the baseline) and the fast mode on the same slice, and their ratio.
+   hits per second of wall time, reading, decoding, events, centroids and HDF5 writing included),
+   once per compression of ``--compressions`` (runs interleaved, the best of ``--repeat`` each):
+   the default ``deflate`` (read by every HDF5 reader) side by side with ``blosc-lz4`` (needs
+   hdf5plugin to read), their ratio and output sizes. The first compression is the headline.
+4. Same run, a slice of the file (``--dbscan-mhits`` M words; 0 skips it): the pymepix-compatible
+   DBSCAN mode (the baseline) and the fast mode on the same slice, and their ratio.
 
 The last line printed is one JSON object with every figure.
 """
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trigger-hz", type=float, default=1000.0, help="simulated trigger rate (Hz)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3, help="end-to-end runs; the best is reported (default 3)")
+    ap.add_argument("--compressions", default="deflate,blosc-lz4",
+                    help="comma-separated HDF5 compressions timed side by side (default deflate,blosc-lz4)")
     ap.add_argument("--workdir", default=None, help="where the files go (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args(argv)
@@ -131,9 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"simulated {size / 1e9:.2f} GB raw file ({summary['hits'] / 1e6:.1f} M hits, "
               f"{summary['triggers']} triggers) in {gen_s:.1f} s: {src}")
         slice_words = int(args.dbscan_mhits * 1e6)
-        with RawFileWriter(piece) as w:
-            for words in iter_words(src, chunk_words=slice_words, stop_word=slice_words):
-                w.write(words)
+        if slice_words > 0:
+            with RawFileWriter(piece) as w:
+                for words in iter_words(src, chunk_words=slice_words, stop_word=slice_words):
+                    w.write(words)
 
         # the simulator's GB of dirty pages would otherwise be written back by the kernel
         # during the timed conversion: a recorded file is on disk before anyone converts it
@@ -146,32 +153,52 @@ def main(argv: list[str] | None = None) -> dict:
             tiny.unlink()
         with RawFileWriter(tiny) as w:
             w.write(tiny_words)
-        _convert(tiny, work / "tiny.h5", number_of_processes=1)
-        _convert(tiny, work / "tiny.h5", number_of_processes=1, dbscan=True)
+        for c in args.compressions.split(","):
+            _convert(tiny, work / "tiny.h5", number_of_processes=1, compression=c.strip())
+        if args.dbscan_mhits > 0:
+            _convert(tiny, work / "tiny.h5", number_of_processes=1, dbscan=True)
 
-        # -- 3. the whole file, fast clustering ----------------------------------------------------
+        # -- 3. the whole file, fast clustering, per compression -----------------------------------
+        comps = [c.strip() for c in args.compressions.split(",") if c.strip()]
         load0 = os.getloadavg()[0]
         rss0 = _rss_mib()
         cpu0 = _cpu_s()
         with _RssSampler() as rss:
-            t_full, r_full = _convert(src, out, number_of_processes=args.processes)
+            t_full, r_full = _convert(src, out, number_of_processes=args.processes, compression=comps[0])
         cpu_full = _cpu_s() - cpu0
         mh_first = r_full.hits / t_full / 1e6
         # machines are noisy (and a process's first large run pays its heap growth): the
-        # figure reported is the best of --repeat runs, every run is listed
-        runs = [t_full]
-        for _ in range(args.repeat - 1):
-            runs.append(_convert(src, out, number_of_processes=args.processes)[0])
-        t_full = min(runs)
-        mh_full = r_full.hits / t_full / 1e6
+        # figure reported is the best of --repeat runs, every run is listed; the compressions
+        # take turns so that a busy spell hits them alike
+        runs = {c: [] for c in comps}
+        runs[comps[0]].append(t_full)
+        sizes, cpus = {}, {comps[0]: cpu_full}   # CPU: the least of the runs (the first included)
+        for k in range(args.repeat):
+            for c in comps:
+                if k == 0 and c == comps[0]:
+                    sizes[c] = out.stat().st_size
+                    continue
+                c0 = _cpu_s()
+                runs[c].append(_convert(src, out, number_of_processes=args.processes, compression=c)[0])
+                cpus[c] = min(cpus.get(c, 1e99), _cpu_s() - c0)
+                sizes[c] = out.stat().st_size
+        best = {c: min(ts) for c, ts in runs.items()}
+        mh = {c: r_full.hits / best[c] / 1e6 for c in comps}
+        t_full = best[comps[0]]
+        mh_full = mh[comps[0]]
         ns_per_hit = cpu_full / r_full.hits * 1e9
         cores = min(args.processes, os.cpu_count() or 1)
         mh_cpu_bound = r_full.hits / (cpu_full / cores) / 1e6
-        h5_size = out.stat().st_size
-        print(f"end to end, fast, {args.processes} processes: {r_full.hits / 1e6:.1f} M hits, "
-              f"{r_full.centroids / 1e6:.2f} M centroids in {t_full:.1f} s = {mh_full:6.2f} Mhits/s "
-              f"({size / t_full / 1e6:.0f} MB/s raw in, {h5_size / 1e6:.0f} MB HDF5 out); best of "
-              f"{len(runs)} runs: " + ", ".join(f"{r_full.hits / t / 1e6:.2f}" for t in runs) + " Mhits/s")
+        h5_size = sizes[comps[0]]
+        for c in comps:
+            print(f"end to end, fast, {args.processes} processes, {c:10s}: {r_full.hits / 1e6:.1f} M hits, "
+                  f"{r_full.centroids / 1e6:.2f} M centroids in {best[c]:.2f} s = {mh[c]:6.2f} Mhits/s "
+                  f"({size / best[c] / 1e6:.0f} MB/s raw in, {sizes[c] / 1e6:.0f} MB HDF5 out, "
+                  f"{cpus[c] / r_full.hits * 1e9:.0f} ns CPU/hit); best of {len(runs[c])} runs: "
+                  + ", ".join(f"{r_full.hits / t / 1e6:.2f}" for t in runs[c]) + " Mhits/s")
+        if len(comps) > 1:
+            print(f"  ratio {comps[0]} / {comps[1]}: {mh[comps[0]] / mh[comps[1]]:.3f} (Mhits/s), "
+                  f"output size {sizes[comps[0]] / sizes[comps[1]]:.3f}")
         rss_main, rss_child = rss.main, rss.worker
         print(f"  peak RSS during the conversion: main process {rss_main:.0f} MiB (was {rss0:.0f} MiB before), "
               f"largest worker {rss_child:.0f} MiB, for a {size / 1e9:.2f} GB input")
@@ -179,18 +206,20 @@ def main(argv: list[str] | None = None) -> dict:
               f"{mh_cpu_bound:.2f} Mhits/s (load average before the run: {load0:.2f} on {os.cpu_count()} cores)")
 
         # -- 4. slice: DBSCAN baseline vs fast -----------------------------------------------------
-        t_db, r_db = _convert(piece, piece_db, number_of_processes=args.processes, dbscan=True)
-        t_fs, r_fs = _convert(piece, piece_fast, number_of_processes=args.processes)
-        t_f1, r_f1 = _convert(piece, piece_fast, number_of_processes=1)
-        mh_db = r_db.hits / t_db / 1e6
-        mh_fs = r_fs.hits / t_fs / 1e6
-        mh_f1 = r_f1.hits / t_f1 / 1e6
-        print(f"slice of {r_db.hits / 1e6:.2f} M hits, {args.processes} processes:")
-        print(f"  dbscan (pymepix-compatible, baseline): {mh_db:8.3f} Mhits/s  ({r_db.centroids} centroids)")
-        print(f"  fast:                                  {mh_fs:8.3f} Mhits/s  ({r_fs.centroids} centroids)")
-        print(f"  fast, 1 process:                       {mh_f1:8.3f} Mhits/s")
-        print(f"  ratio fast / dbscan on the slice:      {mh_fs / mh_db:8.1f} x")
-        print(f"  ratio end-to-end fast / dbscan:        {mh_full / mh_db:8.1f} x")
+        mh_db = mh_fs = mh_f1 = float("nan")
+        slice_hits = 0
+        if args.dbscan_mhits > 0:
+            t_db, r_db = _convert(piece, piece_db, number_of_processes=args.processes, dbscan=True)
+            t_fs, r_fs = _convert(piece, piece_fast, number_of_processes=args.processes)
+            t_f1, r_f1 = _convert(piece, piece_fast, number_of_processes=1)
+            mh_db, mh_fs, mh_f1 = r_db.hits / t_db / 1e6, r_fs.hits / t_fs / 1e6, r_f1.hits / t_f1 / 1e6
+            slice_hits = r_db.hits
+            print(f"slice of {r_db.hits / 1e6:.2f} M hits, {args.processes} processes:")
+            print(f"  dbscan (pymepix-compatible, baseline): {mh_db:8.3f} Mhits/s  ({r_db.centroids} centroids)")
+            print(f"  fast:                                  {mh_fs:8.3f} Mhits/s  ({r_fs.centroids} centroids)")
+            print(f"  fast, 1 process:                       {mh_f1:8.3f} Mhits/s")
+            print(f"  ratio fast / dbscan on the slice:      {mh_fs / mh_db:8.1f} x")
+            print(f"  ratio end-to-end fast / dbscan:        {mh_full / mh_db:8.1f} x")
         result = {
             "benchmark": "convert", "size_gb": round(size / 1e9, 3), "hits": r_full.hits,
             "centroids": r_full.centroids, "processes": args.processes, "cpu_count": os.cpu_count(),
@@ -200,9 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_rss_worker_mib": round(rss_child), "mhits_per_s_cpu_bound": round(mh_cpu_bound, 2),
             "seconds": round(t_full, 2), "mhits_per_s": round(mh_full, 2),
             "mhits_per_s_first_run": round(mh_first, 2),
-            "mhits_per_s_runs": [round(r_full.hits / t / 1e6, 2) for t in runs],
+            "mhits_per_s_runs": [round(r_full.hits / t / 1e6, 2) for t in runs[comps[0]]],
             "mb_per_s_in": round(size / t_full / 1e6, 1), "h5_mb": round(h5_size / 1e6, 1),
-            "slice_hits": r_db.hits, "dbscan_mhits_per_s": round(mh_db, 3),
+            "compressions": comps, "mhits_per_s_by_compression": {c: round(v, 2) for c, v in mh.items()},
+            "mhits_per_s_runs_by_compression": {c: [round(r_full.hits / t / 1e6, 2) for t in ts]
+                                                for c, ts in runs.items()},
+            "h5_mb_by_compression": {c: round(v / 1e6, 1) for c, v in sizes.items()},
+            "cpu_ns_per_hit_by_compression": {c: round(v / r_full.hits * 1e9, 1) for c, v in cpus.items()},
+            "ratio_first_vs_second_compression": round(mh[comps[0]] / mh[comps[1]], 3) if len(comps) > 1 else None,
+            "slice_hits": slice_hits, "dbscan_mhits_per_s": round(mh_db, 3),
             "slice_fast_mhits_per_s": round(mh_fs, 2), "slice_fast_1proc_mhits_per_s": round(mh_f1, 2),
             "ratio_fast_vs_dbscan_slice": round(mh_fs / mh_db, 1),
             "ratio_end_to_end_vs_dbscan": round(mh_full / mh_db, 1),
@@ -216,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                         p.unlink()
             else:
                 shutil.rmtree(work, ignore_errors=True)
+    result = {k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()}  # NaN: not run
     print(json.dumps(result))
     return result
 

@@ -623,7 +623,7 @@ def test_batched_events_equal_sequential_packet_processor(tmp_path, window):
 
 
 def test_batcher_memory_stays_bounded_without_triggers_and_with_rare_triggers():
-    from tango_tpx.io.convert import _Batcher
+    from tango_tpx.io.batching import Batcher as _Batcher
     from tango_tpx.tpx3.hits import PixelHits
 
     slack = 4096 * 40 * 1000  # 1 ms
@@ -653,15 +653,15 @@ def test_batcher_memory_stays_bounded_without_triggers_and_with_rare_triggers():
 
 @pytest.mark.timeout(60)
 def test_failing_worker_gives_clear_error_and_no_output(tmp_path, monkeypatch, capsys):
-    import tango_tpx.io.convert as conv
+    import tango_tpx.io.pool as conv
 
-    if not conv._single_threaded():
+    if not conv.single_threaded():
         pytest.skip("other threads run: workers are not forked, so they would not see the patch")
 
     def boom(batch, state, out=None):
         raise ValueError("boom in batch")
 
-    monkeypatch.setattr(conv, "_process_batch", boom)  # forked workers inherit the patch
+    monkeypatch.setattr(conv, "process_batch", boom)  # forked workers inherit the patch
     src = write_raw(tmp_path / "s.raw", synth_words(6, 6, seed=12))
     out = tmp_path / "o.h5"
     with pytest.raises(RuntimeError, match="boom in batch"):
@@ -694,7 +694,7 @@ def test_single_chip_tpx3_equals_raw(tmp_path):
 @pytest.mark.timeout(120)
 def test_threaded_caller_uses_a_safe_start_method(tmp_path):
     """From a process with other threads the workers are not forked (pickled transport): same output."""
-    import tango_tpx.io.convert as conv
+    import tango_tpx.io.pool as conv
 
     src = write_raw(tmp_path / "s.raw", synth_words(20, 10, seed=14))
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
@@ -703,7 +703,7 @@ def test_threaded_caller_uses_a_safe_start_method(tmp_path):
     t = threading.Thread(target=stop.wait, daemon=True)
     t.start()
     try:
-        assert not conv._single_threaded()
+        assert not conv.single_threaded()
         convert_file(src, b, number_of_processes=2, chunk_words=500, batch_hits=200)
     finally:
         stop.set()
@@ -714,19 +714,19 @@ def test_threaded_caller_uses_a_safe_start_method(tmp_path):
 
 
 def test_single_threaded_caller_uses_shared_memory_slots(tmp_path, monkeypatch):
-    import tango_tpx.io.convert as conv
+    import tango_tpx.io.pool as conv
 
-    if not conv._single_threaded():
+    if not conv.single_threaded():
         pytest.skip("this test process runs other threads: the fork/shared-memory path is not used")
     sent = {"slot": 0, "obj": 0}
-    orig = conv._Slot.fits
+    orig = conv.Slot.fits
 
     def fits(self, n, batch):
         ok = orig(self, n, batch)
         sent["slot" if ok else "obj"] += 1
         return ok
 
-    monkeypatch.setattr(conv._Slot, "fits", fits)
+    monkeypatch.setattr(conv.Slot, "fits", fits)
     src = write_raw(tmp_path / "s.raw", synth_words(20, 10, seed=15))
     r = convert_file(src, tmp_path / "o.h5", number_of_processes=2, chunk_words=500, batch_hits=200)
     assert sent["slot"] >= 3 and sent["obj"] == 0 and r.centroids > 0

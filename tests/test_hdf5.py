@@ -209,10 +209,17 @@ def test_attributes_and_compression(tmp_path):
         assert f.attrs["n"] == 5 and bool(f.attrs["flag"]) is True
         assert json.loads(f.attrs["names"]) == ["a", "b"]
         assert f.attrs["extra"] == "yes"
-        assert f.attrs["compression"] == "blosc-lz4"
+        assert f.attrs["compression"] == "deflate"
+        assert f["raw/tof"].compression == "gzip" and not f["raw/tof"].shuffle  # 8-byte: unshuffled
+        assert f["raw/x"].compression == "gzip" and f["raw/x"].shuffle
+    p1 = tmp_path / "blosc.h5"
+    with Hdf5Writer(p1, compression="blosc-lz4") as w:
+        w.append_events(make_events([0], [1], [2], [3], [4]))
+    with h5py.File(p1, "r") as f:
         filters = f["raw/tof"].id.get_create_plist()
         ids = [filters.get_filter(i)[0] for i in range(filters.get_nfilters())]
         assert 32001 in ids  # Blosc
+        assert f.attrs["compression"] == "blosc-lz4"
     p2 = tmp_path / "lzf.h5"
     with Hdf5Writer(p2, compression="lzf") as w:
         w.append_events(make_events([0], [1], [2], [3], [4]))
@@ -228,3 +235,64 @@ def test_column_length_mismatch_is_an_error(tmp_path):
         with pytest.raises(ValueError):
             w.append_columns("raw", {"trigger nr": np.zeros(2, np.int64), "x": np.zeros(1), "y": np.zeros(2),
                                      "tof": np.zeros(2), "tot": np.zeros(2)})
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.float32, np.int64, np.float64])
+def test_direct_deflate_chunks_equal_hdf5_filters(tmp_path, dtype, threads):
+    """Chunks compressed by tango-tpx and written directly decode, through HDF5's own
+    shuffle + deflate filters, to the values; partial last chunks included."""
+    from tango_tpx.io.compress import ChunkWriter, dataset_kwargs
+
+    rng = np.random.default_rng(3)
+    vals = (rng.integers(0, 1000, 1000) * 3).astype(dtype)
+    p = tmp_path / "d.h5"
+    cw = ChunkWriter(threads=threads, max_pending=2)
+    with h5py.File(p, "w") as f:
+        d = f.create_dataset("v", shape=(len(vals),), maxshape=(None,), dtype=dtype, chunks=(128,),
+                             **dataset_kwargs("deflate", dtype))
+        for row in range(0, len(vals), 128):
+            cw.put(d, row, vals[row:row + 128], 128)
+        cw.close()
+    with h5py.File(p, "r") as f:
+        np.testing.assert_array_equal(f["v"][:], vals)
+
+
+def test_default_output_is_read_without_hdf5plugin(tmp_path):
+    """A plain h5py in a fresh interpreter (hdf5plugin never imported) reads the default file."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "plain.h5"
+    with Hdf5Writer(p, chunk_rows=64) as w:
+        for k in range(5):
+            n = 50 + k
+            w.append_events(make_events(np.full(n, k), np.arange(n) % 256, np.arange(n) % 7,
+                                        np.arange(n) * 4096, np.full(n, 3)))
+    code = ("import sys, h5py; f = h5py.File(sys.argv[1], 'r'); x = f['raw/x'][:]; "
+            "assert 'hdf5plugin' not in sys.modules; print(len(x), int(x.sum()), f['raw/tof'][-1])")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    n, s, last = out.stdout.split()
+    expect = np.concatenate([np.arange(50 + k) % 256 for k in range(5)])
+    assert int(n) == len(expect) and int(s) == int(expect.sum())
+    assert float(last) == pytest.approx(53 * 4096 * 25 / 4096 * 1e-9)
+
+
+@pytest.mark.parametrize("compression", ["deflate", "blosc-lz4", "blosc-zstd", "lz4", "lzf", "none"])
+def test_every_compression_choice_round_trips(tmp_path, compression):
+    from tango_tpx.io.compress import NEEDS_HDF5PLUGIN
+
+    p = tmp_path / f"{compression}.h5"
+    n = 300
+    with Hdf5Writer(p, compression=compression, chunk_rows=128) as w:
+        w.append_events(make_events(np.arange(n) // 7, np.arange(n) % 256, np.arange(n) % 5,
+                                    np.arange(n) * 4096, np.full(n, 4)))
+    with h5py.File(p, "r") as f:
+        assert f.attrs["compression"] == compression
+        np.testing.assert_array_equal(f["raw/x"][:], np.arange(n) % 256)
+        np.testing.assert_array_equal(f["raw/trigger nr"][:], np.arange(n) // 7)
+        plugin = {f[path].id.get_create_plist().get_filter(i)[0]
+                  for path in ("raw/x", "raw/tof") for i in range(f[path].id.get_create_plist().get_nfilters())}
+    # HDF5's own filters (deflate 1, shuffle 2) and h5py's bundled LZF (32000) need no plugin
+    assert (compression in NEEDS_HDF5PLUGIN) == bool(plugin - {1, 2, 32000})

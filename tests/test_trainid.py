@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tango_tpx.trainid import (TRAINID_DATASETS, TRAINID_DTYPE, FrameParser, SimFaults,
-                               SimulatedReceiver, TrainFrame, TrainIdLog, TrainIdReader,
-                               TransportError, USBTrainID, append_to_hdf5, crc, decode_zmq_message,
-                               encode_frame, read_hdf5, read_side_file, side_file_path,
+from tango_tpx.io.trainid import TRAINID_DATASETS, append_to_hdf5, read_hdf5
+from tango_tpx.trainid import (TRAINID_DTYPE, FrameParser, SimFaults, SimulatedReceiver, TrainFrame,
+                               TrainIdLog, TrainIdReader, TransportError, USBTrainID, crc,
+                               decode_zmq_message, encode_frame, read_side_file, side_file_path,
                                write_side_file)
 from tango_tpx.trainid.serial import SerialTransport
 from tango_tpx.trainid.usb import (UsbTransport, ftdi_baud_divisor, parse_usb_source,

@@ -24,8 +24,8 @@ from tango_tpx.device.database import free_port
 from tango_tpx.pipeline.controller import TRAIN_COUNTER_KEYS, AcquisitionController
 from tango_tpx.tpx3.encode import encode_pixels, encode_tdc, quantize_pixel_toa, quantize_tdc_time
 from tango_tpx.tpx3.units import ns_to_units
-from tango_tpx.trainid import (TRAINID_DATASETS, TRAINID_LAYOUT, SimFaults, SimulatedReceiver,
-                               append_to_hdf5, read_hdf5, read_side_file, side_file_path)
+from tango_tpx.io.trainid import TRAINID_DATASETS, TRAINID_LAYOUT, append_to_hdf5, read_hdf5
+from tango_tpx.trainid import SimFaults, SimulatedReceiver, read_side_file, side_file_path
 
 from .conftest import wait_until
 

@@ -138,7 +138,7 @@ def _report_train_ids(say, raw_path: str, h5_path: Path, last_train: int, sim: A
         try:
             import h5py
 
-            from tango_tpx.trainid import read_hdf5
+            from tango_tpx.io.trainid import read_hdf5
 
             with h5py.File(h5_path, "r") as f:
                 n = len(read_hdf5(f))

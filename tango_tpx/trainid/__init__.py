@@ -16,19 +16,16 @@ Quick start::
     reader.stop()
 """
 
-from .protocol import (ETX, FRAME_BYTES, PARSER_STATS, STX, TRAINID_DATASETS, TRAINID_DTYPE,
-                       TRAINID_GROUP, TRAINID_LAYOUT, FrameParser, TrainFrame, TrainIdLog,
-                       TrainIdSideFile, TransportError, append_to_hdf5, array_to_frames, crc,
-                       encode_frame, frames_to_array, read_hdf5, read_side_file, side_file_path,
-                       write_side_file)
+from .protocol import (ETX, FRAME_BYTES, PARSER_STATS, STX, TRAINID_DTYPE, FrameParser, TrainFrame,
+                       TrainIdLog, TrainIdSideFile, TransportError, array_to_frames, crc, encode_frame,
+                       frames_to_array, read_side_file, side_file_path, write_side_file)
 from .receiver import (COUNTER_NAMES, ZMQ_TOPIC, SimCounts, SimFaults, SimulatedReceiver,
                        TrainIdReader, USBTrainID, decode_zmq_message, make_transport)
 
 __all__ = [
-    "STX", "ETX", "FRAME_BYTES", "PARSER_STATS", "TRAINID_DATASETS", "TRAINID_DTYPE",
-    "TRAINID_GROUP", "TRAINID_LAYOUT", "FrameParser", "TrainFrame", "TrainIdLog",
-    "TrainIdSideFile", "TransportError", "append_to_hdf5", "array_to_frames", "crc",
-    "encode_frame", "frames_to_array", "read_hdf5", "read_side_file", "side_file_path",
+    "STX", "ETX", "FRAME_BYTES", "PARSER_STATS", "TRAINID_DTYPE", "FrameParser", "TrainFrame",
+    "TrainIdLog", "TrainIdSideFile", "TransportError", "array_to_frames", "crc", "encode_frame",
+    "frames_to_array", "read_side_file", "side_file_path",
     "write_side_file", "COUNTER_NAMES", "ZMQ_TOPIC", "SimCounts", "SimFaults",
     "SimulatedReceiver", "TrainIdReader", "USBTrainID", "decode_zmq_message", "make_transport",
 ]

@@ -12,12 +12,9 @@ Times: ``host_time_ns`` is the host wall clock (:func:`time.time_ns`, ns since t
 epoch) at which the read that completed the frame returned. Train IDs are plain counts
 (one per 100 ms train), beam mode is a 32-bit word from the timing system.
 
-Storage (one definition, used by the HDF5 writer and by the side file):
+Storage:
 
-* HDF5 datasets :data:`TRAINID_DATASETS` under ``timing/trainID``: ``timestamp`` (uint64
-  ns since the Unix epoch, host clock), ``train id`` (uint64), ``beam mode`` (uint32);
-  1-D, resizable, each with a ``unit`` and a ``description`` attribute.
-  Written by :func:`append_to_hdf5`.
+* HDF5 datasets under ``timing/trainID`` (:mod:`tango_tpx.io.trainid`).
 * Side file next to a raw recording: ``<raw path>.trainid.csv`` (:func:`side_file_path`),
   a header line ``timestamp_ns,train_id,beam_mode`` then one decimal line per frame.
   Written incrementally by :class:`TrainIdSideFile` (flushed per batch, so a crash keeps
@@ -36,7 +33,6 @@ from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
-from ..io.hdf5 import TRAINID as _HDF5_TRAINID
 
 STX: int = 0x02
 ETX: int = 0x03
@@ -373,58 +369,3 @@ def read_side_file(path: str | os.PathLike) -> np.ndarray:
             except ValueError as exc:
                 raise ValueError(f"{p}:{lineno}: {exc}") from None
     return np.array(rows, dtype=TRAINID_DTYPE) if rows else np.zeros(0, TRAINID_DTYPE)
-
-
-# --------------------------------------------------------------------------- HDF5
-
-#: HDF5 group holding the train-ID datasets.
-TRAINID_GROUP = "timing/trainID"
-# Names, dtypes and units come from the one definition of the HDF5 layout.
-_HDF5_NAME = {"timestamp": "timestamp", "train_id": "train id", "beam_mode": "beam mode"}
-#: Dataset paths (relative to the file root) by column.
-TRAINID_DATASETS: dict[str, str] = {col: _HDF5_TRAINID[name].path for col, name in _HDF5_NAME.items()}
-#: (dtype, unit, description) per column, from :data:`tango_tpx.io.hdf5.TRAINID`.
-TRAINID_LAYOUT: dict[str, tuple[str, str, str]] = {
-    col: (np.dtype(_HDF5_TRAINID[name].dtype).str, _HDF5_TRAINID[name].unit, _HDF5_TRAINID[name].description)
-    for col, name in _HDF5_NAME.items()}
-_COLUMN_FIELD = {"timestamp": "timestamp_ns", "train_id": "train_id", "beam_mode": "beam_mode"}
-
-
-def append_to_hdf5(h5file, frames: Iterable[TrainFrame] | np.ndarray | TrainIdLog,
-                   chunk: int = 4096) -> int:
-    """Append ``frames`` to the :data:`TRAINID_DATASETS` of an open h5py File/Group
-    (created resizable on first use, ``unit`` and ``description`` attributes set).
-    Returns the number of frames appended."""
-    arr = frames_to_array(frames)
-    datasets = {}
-    for col, path in TRAINID_DATASETS.items():
-        dtype, unit, doc = TRAINID_LAYOUT[col]
-        if path in h5file:
-            ds = h5file[path]
-        else:
-            ds = h5file.create_dataset(path, shape=(0,), maxshape=(None,), dtype=dtype,
-                                       chunks=(chunk,))
-            ds.attrs["unit"] = unit
-            ds.attrs["description"] = doc
-        datasets[col] = ds
-    sizes = {ds.shape[0] for ds in datasets.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"train-ID datasets in {h5file.name} have unequal lengths {sorted(sizes)}")
-    if not len(arr):
-        return 0
-    n0 = sizes.pop()
-    for col, ds in datasets.items():
-        ds.resize((n0 + len(arr),))
-        ds[n0:] = arr[_COLUMN_FIELD[col]]
-    return len(arr)
-
-
-def read_hdf5(h5file) -> np.ndarray:
-    """Read the train-ID datasets of an open h5py File/Group into a TRAINID_DTYPE array."""
-    if TRAINID_DATASETS["train_id"] not in h5file:
-        return np.zeros(0, TRAINID_DTYPE)
-    cols = {col: h5file[path][()] for col, path in TRAINID_DATASETS.items()}
-    out = np.zeros(len(cols["train_id"]), TRAINID_DTYPE)
-    for col, values in cols.items():
-        out[_COLUMN_FIELD[col]] = values
-    return out

@@ -68,7 +68,7 @@ import numba
 import numpy as np
 
 from tango_tpx.io.hdf5 import Hdf5Writer
-from tango_tpx.tpx3.files import FileInfo, inspect_file, iter_words
+from tango_tpx.tpx3.files import FileInfo, inspect_file, iter_words, map_words
 
 #: Words read and decoded per step (8 MiB).
 DEFAULT_CHUNK_WORDS = 1 << 20
@@ -830,7 +830,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
     train_ids, trainid_src, trainid_warnings = _load_train_ids(in_path, trainid_file)
 
     from tango_tpx.processing import events as events_mod
-    from tango_tpx.tpx3.codec import Decoded, Decoder
+    from tango_tpx.tpx3.codec import Decoded, Decoder, first_global_time
     from tango_tpx.tpx3.hits import PixelHits
 
     params = dict(cent_timewalk_lut=cent_lut, clustering_args=dict(clustering_args or {}),
@@ -839,6 +839,9 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
     if centroiding:
         _make_calculator(params)  # validate the clustering parameters before any work
     decoder = Decoder(framing=info.framing, layout=layout)
+    # a recording taken up mid-stream: the words before its first global-time pair belong
+    # to that pair's epoch, not to epoch 0 (a file without any pair decodes from epoch 0)
+    decoder.anchor(first_global_time(map_words(info.path), info.framing))
     # triggers are numbered (and lost ones counted) here, in stream order
     trig_pp = events_mod.PacketProcessor(event_window=window)
     slack = int(round(events_mod.DEFAULT_REORDER_WINDOW_NS * 4096 / 25))

@@ -7,8 +7,9 @@ serves any number of acquisitions:
   receives (counted in ``idle_bytes``), keeping only the latest global time (0x44/0x45
   pair) in it and the host time it came. ``begin`` opens the gate (and the recording, if
   asked) and sends a *begin* marker down with that detector clock; ``end`` sends an *end*
-  marker, closes the gate and the recording. Each raw chunk carries its byte offset in the acquisition (meta
-  ``o``), so the decoder can name the exact byte where a bounded acquisition ended.
+  marker, closes the gate and the recording. Each raw chunk carries its byte offset in the
+  acquisition (meta ``o``), so the decoder can name the exact byte where a bounded
+  acquisition ended.
 * :class:`GatedPacketProcessor` starts a fresh decoder and event builder at each *begin*
   marker (trigger numbers restart at 0, exactly as an offline conversion of the file),
   the decoder anchored on the best known detector time (the latest global time seen, by

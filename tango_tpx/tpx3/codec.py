@@ -411,7 +411,8 @@ class Decoder:
 
     @staticmethod
     def _as_words(words: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(words).view(np.uint64) if words.dtype != np.uint64 else np.ascontiguousarray(words)
+        words = np.ascontiguousarray(words)
+        return words.view(np.uint64) if words.dtype != np.uint64 else words
 
     @property
     def longtime(self) -> int:

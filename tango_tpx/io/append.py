@@ -98,7 +98,7 @@ def append_inputs(run: str | os.PathLike, inputs: list[str | os.PathLike], *, cl
         if meta is None:
             attrs = dict(job.attrs, run_inputs=[])
             Hdf5Writer(run, attrs, overwrite=False, compression=job.compression).close(complete=False)
-            meta = {"kind": "tango-tpx run", "state": StreamState(job.params).dumps(), "rows": {},
+            meta = {"kind": "tango-tpx run", "state": StreamState(job.params, job.in_path).dumps(), "rows": {},
                     "inputs": [], "counts": dict.fromkeys(_SUMMED, 0), "pixel_stats": dict.fromkeys(PIXEL_STATS, 0),
                     "framing": job.params.framing, "layout": job.params.layout, "options": {k: v for k, v in convert_kwargs.items() if k != "trainid_file"}}
             _save_meta(run, meta)

@@ -131,7 +131,7 @@ def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: 
     """
     t0 = time.perf_counter() if t0 is None else t0
     in_path, info, params = job.in_path, job.info, job.params
-    state = StreamState(params) if state is None else state
+    state = StreamState(params, in_path) if state is None else state
     result = job.new_result()
     result.output = str(Path(out_path).resolve())
     partial = partial_path(out_path)

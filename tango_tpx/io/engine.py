@@ -73,11 +73,17 @@ class EngineParams:
 class StreamState:
     """Sequential state of one stream between two word ranges (see the module docstring)."""
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, source: str | Path | None = None):
+        """``source``: the file the stream starts with; the decoder is anchored on its first
+        global-time pair, so a recording taken up mid-stream past the 26.8 s rollover decodes
+        in its true epoch (a file without any pair decodes from epoch 0)."""
         from tango_tpx.processing import events as events_mod
-        from tango_tpx.tpx3.codec import Decoder
+        from tango_tpx.tpx3.codec import Decoder, first_global_time
+        from tango_tpx.tpx3.files import map_words
 
         self.decoder = Decoder(framing=params.framing, layout=params.layout)
+        if source is not None:
+            self.decoder.anchor(first_global_time(map_words(source), params.framing))
         # triggers are numbered (and lost ones counted) here, in stream order
         self.trig_pp = events_mod.PacketProcessor(event_window=params.window)
         slack = int(round(events_mod.DEFAULT_REORDER_WINDOW_NS * 4096 / 25))

@@ -62,7 +62,7 @@ def prescan(input: str | os.PathLike, output: str | os.PathLike, bounds: list[in
     job = prepare_job(input, output, check_output=False, **convert_kwargs)
     folder = parts_dir(output)
     folder.mkdir(exist_ok=True)
-    state = StreamState(job.params)
+    state = StreamState(job.params, job.in_path)
     paths = []
     for k in range(len(bounds) - 1):
         if k:

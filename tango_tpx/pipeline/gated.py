@@ -4,12 +4,18 @@ An armed pipeline is started once (processes forked and warmed, UDP socket bound
 serves any number of acquisitions:
 
 * :class:`GatedUdpSampler` receives all the time. While the gate is closed it drops what it
-  receives (counted in ``idle_bytes``). ``begin`` opens the gate (and the recording, if
-  asked) and sends a *begin* marker down; ``end`` sends an *end* marker, closes the gate
-  and the recording. Each raw chunk carries its byte offset in the acquisition (meta
-  ``o``), so the decoder can name the exact byte where a bounded acquisition ended.
+  receives (counted in ``idle_bytes``), keeping only the latest global time (0x44/0x45
+  pair) in it and the host time it came. ``begin`` opens the gate (and the recording, if
+  asked) and sends a *begin* marker down with that detector clock; ``end`` sends an *end*
+  marker, closes the gate and the recording. Each raw chunk carries its byte offset in the
+  acquisition (meta ``o``), so the decoder can name the exact byte where a bounded
+  acquisition ended.
 * :class:`GatedPacketProcessor` starts a fresh decoder and event builder at each *begin*
   marker (trigger numbers restart at 0, exactly as an offline conversion of the file),
+  the decoder anchored on the best known detector time (the latest global time seen, by
+  the receiver while idle or by the decoder in the previous acquisition, plus the host time
+  since: the first words of an acquisition that starts past the 26.8 s rollover are not
+  put in epoch 0),
   applies live settings between chunks, keeps per-acquisition results (hit map, ToF
   histogram, ROI hits, detector time span) and ends a bounded acquisition itself:
   at the (N+1)-th TDC1 rising edge (``AcquisitionTriggers`` = N) or at the first TDC1 edge
@@ -30,7 +36,7 @@ import numpy as np
 import zmq
 
 from ..processing.events import PacketProcessor
-from ..tpx3.codec import Decoder
+from ..tpx3.codec import Decoder, last_global_time
 from ..tpx3.encode import TPX3_MAGIC
 from .acquisition import CentroidPipeline, PixelPipeline
 from .centroid import PipelineCentroidCalculator
@@ -43,6 +49,14 @@ from .udpsampler import UdpSampler
 
 #: meta keys of the acquisition markers and chunk offsets
 META_ACQ, META_ID, META_OFFSET, META_TIME, META_TRIGGERS = "acq", "id", "o", "t", "n"
+#: meta keys of the *begin* marker's detector clock: latest global time seen while idle
+#: (25 ns ticks, -1 none), the host time it came and the host time of the begin (s, monotonic)
+META_GLOBAL, META_GLOBAL_HOST, META_BEGIN_HOST = "g", "gh", "bh"
+#: s after a global time was found in dropped data before the next one is looked for
+#: (SPIDR sends one a second)
+IDLE_SCAN_S = 0.5
+#: detector clock ticks (25 ns) per second of host time
+TICKS_PER_S = 40_000_000
 
 
 def _tdc1_rising_positions(words: np.ndarray) -> np.ndarray:
@@ -58,11 +72,19 @@ class GatedUdpSampler(UdpSampler):
         super().pre_run()
         self._gate = False
         self._acq_off = 0
+        self._idle_gt = -1            # latest global time in dropped data (25 ns ticks)
+        self._idle_gt_host = 0.0      # time.monotonic() when it came
+        last_global_time(np.zeros(2, np.uint64))   # load the kernel before data
 
     def _handoff(self, slot, nbytes: int, ndgram: int):
         if not self._gate:                      # closed: drop, reuse the same buffer
             self._kernel_drops()
             self.wiring.counters.add("idle_bytes", nbytes)
+            now = time.monotonic()
+            if now - self._idle_gt_host >= IDLE_SCAN_S:
+                gt = last_global_time(slot.buf[:nbytes - nbytes % 8].view(np.uint64))
+                if gt >= 0:
+                    self._idle_gt, self._idle_gt_host = gt, now
             return slot
         c = self.wiring.counters
         self._kernel_drops()
@@ -124,7 +146,8 @@ class GatedUdpSampler(UdpSampler):
                         continue
                 self._acq_off = 0
                 self._send_marker({META_ACQ: "begin", META_ID: arg["id"], META_TIME: arg.get("time_s", 0.0),
-                                   META_TRIGGERS: arg.get("triggers", 0)})
+                                   META_TRIGGERS: arg.get("triggers", 0), META_GLOBAL: self._idle_gt,
+                                   META_GLOBAL_HOST: self._idle_gt_host, META_BEGIN_HOST: time.monotonic()})
                 self._gate = True
                 self.report("reply", cid, True, path)
             elif name == "end":
@@ -169,6 +192,7 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         self._roi = (0.0, 0.0, 1e9, 1e9, 0.0, 1e12)
         self._active = False
         self._acq_id = -1
+        self._clock = (-1, 0.0)       # latest global time decoded (25 ns ticks), time.monotonic() then
         self._acq_map = np.zeros(self._pv_shape, np.int32)
         self._acq_hist = np.zeros(N_TOF_BINS, np.float64)
         self._apply_live()
@@ -188,9 +212,21 @@ class GatedPacketProcessor(PipelinePacketProcessor):
             self._acq_hist[...] = 0
 
     # -- acquisitions -------------------------------------------------------------------------
+    def _detector_time(self, meta: dict) -> int:
+        """Best estimate of the detector time at the *begin* marker (25 ns ticks), -1 if
+        none: the more recent of the global time the receiver saw while idle and the one
+        this decoder saw last, plus the host time elapsed since."""
+        idle = (int(meta.get(META_GLOBAL, -1)), float(meta.get(META_GLOBAL_HOST, 0.0)))
+        ticks, seen = max(idle, self._clock, key=lambda c: (c[0] >= 0, c[1]))
+        if ticks < 0:
+            return -1
+        now = float(meta.get(META_BEGIN_HOST, 0.0)) or time.monotonic()
+        return ticks + int(max(0.0, now - seen) * TICKS_PER_S)
+
     def _begin(self, meta: dict) -> None:
         self._apply_live()
         self.decoder = Decoder(framing=self.framing, layout=self.layout)
+        self.decoder.anchor(self._detector_time(meta))   # a pair in the first chunk replaces it
         self.packet_processor = PacketProcessor(self.event_window, self.timewalk_lut)
         self._carry = np.zeros(0, np.uint8)
         self._stats_prev = {}
@@ -243,6 +279,7 @@ class GatedPacketProcessor(PipelinePacketProcessor):
     def _cut(self, words: np.ndarray) -> tuple[int | None, Any]:
         """Decode ``words`` up to the end of a bounded acquisition: (cut word index or None,
         decoded data of the words kept)."""
+        self.decoder.look_ahead(words)      # the same anchor for the whole chunk and a part of it
         pos = _tdc1_rising_positions(words) if (self._limit_trig or self._limit_time_u) else None
         if self._limit_trig:
             allowed = self._limit_trig - self._trig_words
@@ -317,6 +354,8 @@ class GatedPacketProcessor(PipelinePacketProcessor):
                     first.append(int(dec.triggers.time.min()))
                 c.set("acq_t_start", min(first))
             c.set("acq_t_last", max(max(times), c.get("acq_t_last")))
+        if dec.longtime >= 0 and dec.longtime != self._clock[0]:
+            self._clock = (dec.longtime, time.monotonic())
         out = self.packet_processor.process(dec)
         self._emit_events(out)
         self._account(dec.pixels, out.events)

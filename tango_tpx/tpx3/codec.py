@@ -13,10 +13,20 @@ Time extension ("longtime")
     a stream the words are only locally out of order (per double column), far less than
     the half epoch (13.4 s) this rule tolerates.  A word more than a quarter epoch (6.7 s)
     away from the reference is still assigned to the nearest epoch, and counted in
-    ``ambiguous_time`` (pymepix's quarter-bit rule silently mis-assigns it).  Until the
-    first global-time pair (or a ``longtime`` given by the caller) the first word defines
-    epoch 0; a word a little earlier than that first word gets a (correct) negative time.  All state lives in the :class:`Decoder`, so a stream cut anywhere decodes the
-    same as in one piece.
+    ``ambiguous_time`` (pymepix's quarter-bit rule silently mis-assigns it).
+
+    A stream taken up mid-way (a recording or an acquisition that starts while the detector
+    runs) must not start in epoch 0: before its first pixel or TDC word the decoder looks
+    ahead in the chunk for the first complete global-time pair and starts the reference
+    there (SPIDR sends one a second, so the words before it are within about a second of
+    it).  A caller that knows the detector time better (the previous acquisition, the
+    global time seen while idle, the first pair of a file) gives it with
+    :meth:`Decoder.anchor` (a provisional reference that a pair found by the look-ahead
+    replaces) or :meth:`Decoder.set_longtime` (a global time).  Without any of them the
+    first word defines epoch 0; a word a little earlier than that first word gets a
+    (correct) negative time.  All state lives in the :class:`Decoder`, so a stream cut
+    anywhere decodes the same as in one piece, provided the first chunk holds the first
+    global-time pair or the decoder is anchored.
 
 Framing
     ``framing='raw'``: a plain SPIDR stream (pymepix raw files, UDP).  ``framing='tpx3'``:
@@ -125,6 +135,70 @@ def _upper_bounds(words: np.ndarray) -> tuple[int, int]:
         elif hdr == 0x6 or hdr == 0x4:
             ntdc += 1
     return npix, ntdc
+
+
+@numba.njit(cache=True)
+def _global_time_scan(words, tpx3, lsb, have_lsb, remain, first):
+    """48-bit global time (25 ns ticks) of the first (``first``) or last complete 0x44/0x45
+    pair in ``words``, -1 if none.
+
+    Pairs are matched as the decoder matches them: an MSB word takes the latest LSB word
+    before it (``lsb``/``have_lsb``: one pending from earlier data).  With ``tpx3`` framing
+    the chunk headers are skipped (``remain``: payload words left in the current chunk).
+    """
+    found = -1
+    for i in range(words.shape[0]):
+        w = np.int64(words[i])
+        if tpx3:
+            if remain == 0:
+                if (w & 0xFFFFFFFF) == TPX3_MAGIC:
+                    remain = ((w >> 48) & 0xFFFF) >> 3
+                    continue
+            else:
+                remain -= 1
+        top = (w >> 56) & 0xFF
+        if top == 0x44:
+            lsb = (w >> 16) & 0xFFFFFFFF
+            have_lsb = True
+        elif top == 0x45 and have_lsb:
+            found = (((w >> 16) & 0xFFFF) << 32) | lsb
+            if first:
+                return found
+    return found
+
+
+def first_global_time(words: np.ndarray, framing: str = "raw") -> int:
+    """48-bit global time (25 ns ticks) of the first complete 0x44/0x45 pair of a stream
+    (e.g. a memory-mapped file; the scan stops there), -1 if it has none."""
+    words = np.asarray(words)
+    if words.dtype != np.uint64:
+        words = np.ascontiguousarray(words).view(np.uint64)
+    return int(_global_time_scan(words, framing == "tpx3", 0, False, 0, True))
+
+
+def last_global_time(words: np.ndarray) -> int:
+    """48-bit global time (25 ns ticks) of the last complete 0x44/0x45 pair in a piece of a
+    plain or ``.tpx3``-framed stream, -1 if none.  Words that look like a ``.tpx3`` chunk
+    header are never taken for a global-time word."""
+    words = np.asarray(words)
+    if words.dtype != np.uint64:
+        words = np.ascontiguousarray(words).view(np.uint64)
+    return int(_last_pair(words))
+
+
+@numba.njit(cache=True)
+def _last_pair(words):
+    msb = -1
+    for i in range(words.shape[0] - 1, -1, -1):
+        w = np.int64(words[i])
+        if (w & 0xFFFFFFFF) == TPX3_MAGIC:
+            continue
+        top = (w >> 56) & 0xFF
+        if top == 0x45 and msb < 0:
+            msb = (w >> 16) & 0xFFFF
+        elif top == 0x44 and msb >= 0:
+            return (msb << 32) | ((w >> 16) & 0xFFFFFFFF)
+    return -1
 
 
 @numba.njit(cache=True, inline="always")
@@ -305,6 +379,41 @@ class Decoder:
         self._state[S_HAVE_REF] = 1
         self._state[S_LONGTIME] = int(longtime)
 
+    def anchor(self, ticks_25ns: int) -> None:
+        """Start the time extension near a detector time (25 ns ticks) known from outside
+        the stream, e.g. the previous acquisition's clock plus the host time since.
+
+        Only before the first pixel or TDC word is decoded (later it is ignored: the chain
+        of the stream wins); a global-time pair found by the look-ahead of the first chunk
+        replaces it.  Within +-13.4 s of the truth it puts every word in the right epoch.
+        """
+        if self._fresh() and ticks_25ns >= 0:
+            self._state[S_REF] = int(ticks_25ns)
+            self._state[S_HAVE_REF] = 1
+
+    def _fresh(self) -> bool:
+        """No global time known and no pixel or TDC word decoded yet."""
+        return self._state[S_LONGTIME] < 0 and self._counts[C_PIX] == 0 and self._counts[C_TDC] == 0
+
+    def look_ahead(self, words: np.ndarray) -> int:
+        """Before the first pixel or TDC word: anchor the reference on the first complete
+        global-time pair in ``words`` (the next chunk to decode); returns its global time
+        (25 ns ticks), -1 if none or not needed.  :meth:`decode` calls it itself."""
+        if not self._fresh():
+            return -1
+        st = self._state
+        lt = _global_time_scan(self._as_words(words), self.framing == "tpx3", st[S_LSB],
+                               st[S_HAVE_LSB] != 0, st[S_REMAIN], True)
+        if lt >= 0:
+            st[S_REF] = lt
+            st[S_HAVE_REF] = 1
+        return int(lt)
+
+    @staticmethod
+    def _as_words(words: np.ndarray) -> np.ndarray:
+        words = np.ascontiguousarray(words)
+        return words.view(np.uint64) if words.dtype != np.uint64 else words
+
     @property
     def longtime(self) -> int:
         """Last 48-bit global time (25 ns ticks) from the stream or :meth:`set_longtime`; -1 if none."""
@@ -317,7 +426,9 @@ class Decoder:
 
     def decode(self, words: np.ndarray) -> Decoded:
         """Decode one chunk (any length, cut anywhere); returns this chunk's hits and counts."""
-        words = np.ascontiguousarray(words).view(np.uint64) if words.dtype != np.uint64 else np.ascontiguousarray(words)
+        words = self._as_words(words)
+        if self._fresh():
+            self.look_ahead(words)
         npix, ntdc = _upper_bounds(words)
         px = PixelHits(np.empty(npix, np.uint16), np.empty(npix, np.uint16), np.empty(npix, np.int64),
                        np.empty(npix, np.uint16), np.empty(npix, np.uint8))
@@ -346,3 +457,5 @@ def warm_up() -> None:
     for framing in ("raw", "tpx3"):
         for layout in ("single", "quad"):
             Decoder(framing, layout).decode(np.zeros(4, np.uint64))
+    last_global_time(np.zeros(2, np.uint64))
+    first_global_time(np.zeros(2, np.uint64))

@@ -22,11 +22,16 @@ def sim_words(seed: int, duration_s: float = 0.08, rate_mhits: float = 1.5) -> n
     return words
 
 
-def write_raw(path: Path, words: np.ndarray) -> Path:
-    """A pymepix .raw file (with header) holding ``words``."""
+#: Header wall clock of the test files (ns since the Unix epoch): one fixed value, so that the
+#: pieces of a stream and the whole stream give the same ``timing/timepix/timestamp``.
+HEADER_TIME_NS = 1_700_000_000_000_000_000
+
+
+def write_raw(path: Path, words: np.ndarray, time_ns: int = HEADER_TIME_NS) -> Path:
+    """A pymepix .raw file (with header ``time_ns``) holding ``words``."""
     from tango_tpx.tpx3.files import RawFileWriter
 
-    with RawFileWriter(path) as w:
+    with RawFileWriter(path, time_ns=time_ns) as w:
         w.write(words)
     return path
 

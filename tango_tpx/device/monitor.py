@@ -9,6 +9,7 @@ is logged, not fatal.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -19,6 +20,9 @@ from tango import DevState
 
 from .results import ARRAY_ATTRIBUTES, SUMMARY_ATTRIBUTES, TOF_MAX_BINS
 from .settings import DEFAULT_SETTINGS
+
+#: the monitor thread logs here (it may outlive the device's C++ side at server exit)
+_log = logging.getLogger("tango_tpx.device")
 
 #: read/write attributes pushed as change events when their value changes (written by a
 #: client, restored at start-up, or FileIndex moving on by itself)
@@ -213,4 +217,6 @@ class Monitor:
             except Stopped:
                 break
             except Exception:  # noqa: BLE001 - the monitor must survive; report and go on
-                self.error_stream(f"monitor thread: {traceback.format_exc()}")
+                if stop.is_set():
+                    break
+                _log.error("monitor thread: %s", traceback.format_exc())

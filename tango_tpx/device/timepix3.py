@@ -22,6 +22,7 @@ The attributes are declared in :mod:`.settings` (read/write) and :mod:`.results`
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 import traceback
@@ -43,6 +44,10 @@ from .settings import (  # noqa: F401 - re-exported names
     ClusteringAlgorithm,
     SettingsAttributes,
 )
+
+#: Background threads log here, never through the device's Tango log streams: a thread may
+#: still run while the server deletes the device, and the device's C++ side is gone then.
+_log = logging.getLogger("tango_tpx.device")
 
 #: Shortest summary period accepted from the SummaryPeriod property, s.
 MIN_SUMMARY_PERIOD_S: float = 0.05
@@ -78,6 +83,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
     def init_device(self) -> None:
         """Read properties, build the controller, arm it in the background, start the monitor."""
         super().init_device()
+        self._gone = False   # set by delete_device: background threads stop touching the device
         self.set_state(DevState.INIT)
         self.set_status("Initialising")
         if not hasattr(self, "_settings"):
@@ -148,6 +154,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
 
     def delete_device(self) -> None:
         """Stop the monitor thread; the controller is closed by the next arming (Init) or now."""
+        self._gone = True
         self._stop_monitor.set()
         self._wake.set()
         ctrl, self._controller = self._controller, None
@@ -164,7 +171,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         try:
             ctrl.close()
         except Exception:  # noqa: BLE001 - shutting down anyway
-            self.error_stream(f"controller.close() failed: {traceback.format_exc()}")
+            _log.error("controller.close() failed: %s", traceback.format_exc())
 
     # ------------------------------------------------------------------ transitions
     def _run_transition(self, label: str, work: Callable[[], None]) -> None:
@@ -183,12 +190,14 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
                     msg = f"{label.split(':')[0]} failed: {exc}"
                     if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and where not in msg:
                         msg += f" (cannot receive on UDP {where})"
-                    self._enter_fault(msg)
+                    if not self._gone:
+                        self._enter_fault(msg)
                 except Exception as exc:  # noqa: BLE001
-                    self.error_stream(traceback.format_exc())
-                    self._enter_fault(f"{label.split(':')[0]} failed: {type(exc).__name__}: {exc}")
+                    _log.error("%s: %s", label, traceback.format_exc())
+                    if not self._gone:
+                        self._enter_fault(f"{label.split(':')[0]} failed: {type(exc).__name__}: {exc}")
                 else:
-                    if self.get_state() == DevState.MOVING:
+                    if not self._gone and self.get_state() == DevState.MOVING:
                         self.set_state(DevState.ON)
                         self.set_status(self._idle_status())
                 finally:
@@ -246,6 +255,8 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
     # ------------------------------------------------------------------ acquisition callbacks
     def _acquisition_phase(self, text: str) -> None:
         """Watcher thread: an acquisition began to stop (Stop, or its time/trigger count reached)."""
+        if self._gone:
+            return
         with self._acq_lock:
             if self.get_state() in (DevState.RUNNING, DevState.MOVING):
                 self.set_state(DevState.MOVING)
@@ -254,6 +265,8 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
 
     def _acquisition_done(self, result) -> None:
         """Watcher thread: the acquisition ended, its file is closed (or it failed)."""
+        if self._gone:
+            return
         path = result.file or self._acq_recording
         path = path if path and os.path.exists(path) else ""
         if path:

@@ -13,6 +13,7 @@ until :func:`close_run` releases the last open event, writes the totals and sets
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -102,6 +103,9 @@ def append_inputs(run: str | os.PathLike, inputs: list[str | os.PathLike], *, cl
                     "inputs": [], "counts": dict.fromkeys(_SUMMED, 0), "pixel_stats": dict.fromkeys(PIXEL_STATS, 0),
                     "framing": job.params.framing, "layout": job.params.layout, "options": {k: v for k, v in convert_kwargs.items() if k != "trainid_file"}}
             _save_meta(run, meta)
+        # one stream, one clock: timing/timepix/timestamp counts from the first input's header
+        meta.setdefault("start_time_ns", job.params.start_time_ns)
+        job.params = dataclasses.replace(job.params, start_time_ns=int(meta["start_time_ns"]))
         if (job.params.framing, job.params.layout) != (meta["framing"], meta["layout"]):
             raise ConversionError(f"{inp}: {job.params.framing}/{job.params.layout} data cannot join a "
                                   f"{meta['framing']}/{meta['layout']} run")
@@ -148,6 +152,7 @@ def close_run(run: str | os.PathLike, *, number_of_processes: int = 1, **convert
     if not meta["inputs"]:
         raise ConversionError(f"{run}: nothing was appended to this run")
     job = prepare_job(meta["last_input"], run, check_output=False, **dict(meta["options"], trainid_file=False))
+    job.params = dataclasses.replace(job.params, start_time_ns=int(meta.get("start_time_ns", 0)))
     state = StreamState.loads(meta["state"])
     part = run.with_name(f".{run.name}.close-{uuid.uuid4().hex}.h5")
     n = job.info.n_words

@@ -227,7 +227,9 @@ def test_taurus_reads_every_attribute_and_gets_events(system, dev):
     names = [a.name for a in dev.attribute_list_query()]
     assert {"HitRate", "Preview", "TofHistogram", "TofAxis", "ClusteringAlgorithm"} <= set(names)
     for name in names:
-        value = taurus.Attribute(f"{base}/{name}").read().rvalue
+        reading = taurus.Attribute(f"{base}/{name}").read()
+        assert reading is not None, f"Taurus could not read {name}"
+        value = reading.rvalue
         if name in expected:
             v = getattr(value, "magnitude", value)
             assert v == expected[name], name

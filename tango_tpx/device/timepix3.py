@@ -71,7 +71,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
     ChipLayout = device_property(dtype=str, default_value="single",
                                  doc="'single' (one chip, 256x256) or 'quad' (2x2 chips, 516x516).")
     DataStreamAddress = device_property(dtype=str, default_value="tcp://127.0.0.1:5560",
-                                        doc="ZMQ PUB address for processed data; '' = off.")
+                                        doc="ZMQ PUB address for processed data; 'off' (or '') = no stream.")
     SummaryPeriod = device_property(dtype=float, default_value=1.0,
                                     doc="Period of summary events and of the preview, s.")
     TrainIdSource = device_property(dtype=str, default_value="",
@@ -148,7 +148,8 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         """Build the acquisition controller from the device properties (override in tests)."""
         from tango_tpx.pipeline.controller import AcquisitionController
 
-        stream = str(self.DataStreamAddress).strip() or None
+        stream = str(self.DataStreamAddress).strip()
+        stream = None if stream.lower() in ("", "off", "none") else stream
         return AcquisitionController(udp_host=str(self.UdpHost), udp_port=int(self.UdpPort),
                                      layout=self._layout, stream_address=stream, preview_period_s=self._period)
 

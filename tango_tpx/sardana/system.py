@@ -105,7 +105,8 @@ class SardanaSystem:
             database = tango.Database(host, int(port))
             self.udp_port = free_port(kind=socket.SOCK_DGRAM)
             register_config(None, db=database, overrides={self.device_name: {
-                "UdpPort": [str(self.udp_port)], "DataStreamAddress": [""], "SummaryPeriod": ["0.5"]}})
+                "UdpPort": [str(self.udp_port)], "DataStreamAddress": [f"tcp://127.0.0.1:{free_port()}"],
+                "SummaryPeriod": ["0.5"]}})
             self.server = start_device_server("demo", self.tango_host, log=self._log("tangotpx.log"))
             self.device = wait_for_device(self.url(self.device_name), timeout=90.0, proc=self.server)
             self.device.set_timeout_millis(15000)

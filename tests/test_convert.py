@@ -34,8 +34,10 @@ from tango_tpx.tpx3.encode import (
 )
 from tango_tpx.tpx3.files import RawFileWriter, Tpx3FileWriter, quad_to_frame
 
+from .conftest import CAPTURES
+from .test_pipeline_helpers import child_pids, pid_alive
+
 REPO = Path(__file__).resolve().parents[1]
-CAPTURES = Path(__file__).resolve().parents[2] / "shared/data/spidr-captures"
 needs_captures = pytest.mark.skipif(not (CAPTURES / "centroid_pipeline_test.raw").exists()
                                     or not (CAPTURES / "out_5sec.raw").exists(),
                                     reason=f"real SPIDR captures not found in {CAPTURES}")
@@ -519,24 +521,6 @@ def test_rawfilesampler_pymepix_api(tmp_path):
 # ------------------------------------------------------------------------------------------
 # interruption: Ctrl-C, SIGTERM, SIGKILL
 # ------------------------------------------------------------------------------------------
-def _children(pid: int) -> set[int]:
-    kids = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids |= {int(c) for c in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.fixture(scope="module")
 def slow_input(tmp_path_factory) -> Path:
     """~0.6 M hits: DBSCAN needs several seconds for it."""
@@ -557,10 +541,10 @@ def test_interrupted_conversion_leaves_no_complete_looking_file(tmp_path, slow_i
     try:
         deadline = time.monotonic() + 60
         # wait until the work is under way: progress reported (every 10 %) and the workers run
-        while time.monotonic() < deadline and not (any("%" in ln for ln in lines) and len(_children(proc.pid)) >= 2):
+        while time.monotonic() < deadline and not (any("%" in ln for ln in lines) and len(child_pids(proc.pid)) >= 2):
             assert proc.poll() is None, "".join(lines)
             time.sleep(0.05)
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         assert proc.poll() is None, "conversion finished before it could be interrupted"
         os.kill(proc.pid, sig)
         rc = proc.wait(timeout=30)
@@ -587,9 +571,9 @@ def test_interrupted_conversion_leaves_no_complete_looking_file(tmp_path, slow_i
             assert f["triggers/trigger1/time"].shape[0] > 0  # what was read is there
     # no orphan workers
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in workers):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in workers), "worker processes outlived the converter"
+    assert not any(pid_alive(p) for p in workers), "worker processes outlived the converter"
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,20 +5,18 @@ from __future__ import annotations
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-CAPTURES = Path(__file__).parents[2] / "shared/data/spidr-captures"
+from tango_tpx.device.database import free_port
+
+from .conftest import CAPTURES  # noqa: F401 - re-exported for the pipeline tests
 
 
 def free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A UDP port on 127.0.0.1 that nothing is bound to now."""
+    return free_port(kind=socket.SOCK_DGRAM)
 
 
 def send_datagrams(port: int, payloads: list[bytes] | list[memoryview], pause_every: int = 128) -> int:

@@ -22,6 +22,8 @@ from tango_tpx.trainid.serial import SerialTransport
 from tango_tpx.trainid.usb import (UsbTransport, ftdi_baud_divisor, parse_usb_source,
                                    strip_ftdi_status)
 
+from .test_pipeline_helpers import wait_for
+
 # Hand-computed: bytes 00 00 00 00 12 34 56 78 | 00 00 AB CD;
 # 12^34 = 26, 26^56 = 70, 70^78 = 08, 08^AB = A3, A3^CD = 6E.
 FRAME_A = b"\x02" + b"0000000012345678" + b"0000ABCD" + b"6E" + b"\x03"
@@ -318,15 +320,6 @@ def test_serial_transport_on_simulated_pty():
         sim.stop()
 
 
-def _wait_for(cond, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 @pytest.mark.timeout(20)
 def test_thread_reader_faults_and_zmq(tmp_path: Path):
     zmq = pytest.importorskip("zmq")
@@ -351,7 +344,7 @@ def test_thread_reader_faults_and_zmq(tmp_path: Path):
         sim.start()
         assert sim.done.wait(5)
         sent = sim.counts.sent_ids
-        assert _wait_for(lambda: reader.counters()["frames"] == len(sent), 3), reader.counters()
+        assert wait_for(lambda: reader.counters()["frames"] == len(sent), 3), reader.counters()
         got = reader.get()
         assert ids(got) == sent
         assert all(f.beam_mode == 0x42 for f in got)
@@ -392,19 +385,19 @@ def test_usbtrainid_process_unplug_replug_and_stop():
         assert reader.wait_connected(10), reader.status
         assert reader.status.startswith("connected: ")
         sim.start()
-        assert _wait_for(lambda: len(log) >= 10, 5), reader.counters()
+        assert wait_for(lambda: len(log) >= 10, 5), reader.counters()
         sim.unplug()
-        assert _wait_for(lambda: reader.status.startswith("disconnected: "), 3), reader.status
+        assert wait_for(lambda: reader.status.startswith("disconnected: "), 3), reader.status
         n_before = len(log)
         time.sleep(0.3)
         assert reader.counters()["open_failures"] >= 1          # still trying, still alive
         assert reader.is_alive()
         sim.replug()
-        assert _wait_for(lambda: reader.counters()["reconnects"] == 1, 3), reader.status
-        assert _wait_for(lambda: len(log) >= n_before + 10, 5), reader.counters()
+        assert wait_for(lambda: reader.counters()["reconnects"] == 1, 3), reader.status
+        assert wait_for(lambda: len(log) >= n_before + 10, 5), reader.counters()
         sim.unplug()                 # freeze the stream so that log and counters agree
-        assert _wait_for(lambda: reader.counters()["disconnects"] == 2, 3), reader.status
-        assert _wait_for(lambda: len(log) == reader.counters()["frames"], 3)
+        assert wait_for(lambda: reader.counters()["disconnects"] == 2, 3), reader.status
+        assert wait_for(lambda: len(log) == reader.counters()["frames"], 3)
         arr = log.to_array()
         t_ids = arr["train_id"].astype(np.int64)
         assert np.all(np.diff(t_ids) > 0)                     # in order, no repeats
@@ -460,7 +453,7 @@ def test_usbtrainid_child_exits_when_parent_dies(tmp_path: Path):
     pid_s, status = out.stdout.strip().split(" ", 1)
     assert status.startswith("disconnected: ") and "no-such-tty" in status
     pid = int(pid_s)
-    assert _wait_for(lambda: not _pid_running(pid), 3), f"orphan train-ID process {pid} still running"
+    assert wait_for(lambda: not _pid_running(pid), 3), f"orphan train-ID process {pid} still running"
 
 
 def test_bad_sources_rejected():
@@ -504,7 +497,7 @@ def test_usbtrainid_reports_dead_child():
     reader = USBTrainID(source="/nonexistent/tty", reconnect_min_s=0.02, reconnect_max_s=0.05)
     reader.start()
     try:
-        assert _wait_for(lambda: reader.status.startswith("disconnected: "), 10), reader.status
+        assert wait_for(lambda: reader.status.startswith("disconnected: "), 10), reader.status
         reader._proc.kill()
         reader.join(2)
         assert reader.status.startswith("fault: process exited with code -9"), reader.status

@@ -41,10 +41,11 @@ UNIT_S = UNIT_NS * 1e-9               # s per time unit, as the HDF5 writer conv
 HEADER_TIME_NS = 1_700_000_000_000_000_000
 
 
-def _stream(quad: bool):
-    """~0.3 s at 0.5 Mhits/s, 1 kHz triggers: (words, truth, datagram payloads)."""
+def _stream(quad: bool, start_time_s: float = 0.0):
+    """~0.3 s at 0.5 Mhits/s, 1 kHz triggers, from detector time ``start_time_s``:
+    (words, truth, datagram payloads)."""
     sim = SpidrSimulator(SimConfig(rate_mhits=0.5, duration_s=0.3, seed=31 if quad else 30,
-                                   trigger_hz=1000.0, quad=quad))
+                                   trigger_hz=1000.0, quad=quad, start_time_s=start_time_s))
     words, truth = sim.simulate()
     return words, truth, [bytes(d) for d in sim.datagrams(words)]
 
@@ -127,9 +128,12 @@ def _live(payloads: list[bytes], quad: bool) -> tuple[dict, dict, dict, list[dic
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("quad", [False, True], ids=["single", "quad"])
-def test_live_and_offline_give_the_same_events_and_centroids(tmp_path, quad):
-    words, truth, payloads = _stream(quad)
+@pytest.mark.parametrize("quad, start_time_s", [(False, 0.0), (True, 0.0), (False, 26.7), (True, 26.7), (False, 60.0)],
+                         ids=["single", "quad", "single-rollover", "quad-rollover", "single-third-epoch"])
+def test_live_and_offline_give_the_same_events_and_centroids(tmp_path, quad, start_time_s):
+    """start_time_s 26.7: the chip's 30-bit clock rolls over (26.84 s) inside the stream; 60.0: the
+    stream starts in the clock's third epoch (both paths anchor on its global-time words)."""
+    words, truth, payloads = _stream(quad, start_time_s)
     off = _offline(tmp_path, words, quad)
     ev, ce, trig, both = _live(payloads, quad)
     counts = both[1]

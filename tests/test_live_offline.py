@@ -30,7 +30,7 @@ from tango_tpx.pipeline.messages import MessageType
 from tango_tpx.processing.centroids import Centroids
 from tango_tpx.processing.events import Events, TriggerTable
 from tango_tpx.simulator import SimConfig, SpidrSimulator
-from tango_tpx.tpx3.files import RawFileWriter, Tpx3FileWriter
+from tango_tpx.tpx3.files import RawFileWriter, Tpx3FileWriter, inspect_file
 from tango_tpx.tpx3.units import UNIT_NS
 
 from .test_pipeline_helpers import drain, free_udp_port, send_datagrams, wait_for
@@ -65,15 +65,17 @@ def _offline(tmp_path, words: np.ndarray, quad: bool) -> dict[str, dict[str, np.
     return {t: read_table(out, t) for t in ("raw", "centroided", "timing/timepix")}
 
 
-def _acquire(ctl: AcquisitionController, q: queue.Queue, payloads: list[bytes]) -> tuple[list, dict]:
-    """One armed acquisition over the whole stream -> (data_queue messages, counts)."""
+def _acquire(ctl: AcquisitionController, q: queue.Queue, payloads: list[bytes], record: str = ""
+             ) -> tuple[list, dict]:
+    """One armed acquisition over the whole stream (recorded to ``record`` if given)
+    -> (data_queue messages, counts)."""
     port = ctl.udp_port
     results: list = []
     ctl.session.on_done = results.append
     ctl.arm()
     try:
         base = ctl.counters()
-        ctl.session.begin()
+        ctl.session.begin(record=record)
         assert ctl.session.wait_open(5.0)
         send_datagrams(port, payloads, pause_every=32)
         n_bytes = sum(len(p) for p in payloads)
@@ -93,9 +95,10 @@ def _acquire(ctl: AcquisitionController, q: queue.Queue, payloads: list[bytes]) 
         ctl.disarm()
 
 
-def _live(payloads: list[bytes], quad: bool) -> tuple[dict, dict, dict, list[dict]]:
+def _live(payloads: list[bytes], quad: bool, record: str) -> tuple[dict, dict, dict, list[dict]]:
     """The stream through the armed pipeline twice, as the device runs it with Centroiding
-    off and on -> (events, centroids, triggers, [counts off, counts on]).
+    off and on (the second one recorded to ``record``) -> (events, centroids, triggers,
+    [counts off, counts on]).
 
     With typed records a message goes only to the stage that consumes it (documented in
     :class:`~tango_tpx.pipeline.acquisition.AcquisitionPipeline`): the centroid pipeline's
@@ -110,7 +113,7 @@ def _live(payloads: list[bytes], quad: bool) -> tuple[dict, dict, dict, list[dic
         ctl.centroiding = False
         msgs_ev, counts_ev = _acquire(ctl, q, payloads)
         ctl.centroiding = True
-        msgs_ce, counts_ce = _acquire(ctl, q, payloads)
+        msgs_ce, counts_ce = _acquire(ctl, q, payloads, record)
     finally:
         ctl.close()
     ev = [d for t, d in msgs_ev if t == MessageType.EventData]
@@ -135,7 +138,8 @@ def test_live_and_offline_give_the_same_events_and_centroids(tmp_path, quad, sta
     stream starts in the clock's third epoch (both paths anchor on its global-time words)."""
     words, truth, payloads = _stream(quad, start_time_s)
     off = _offline(tmp_path, words, quad)
-    ev, ce, trig, both = _live(payloads, quad)
+    recording = tmp_path / "live.raw"
+    ev, ce, trig, both = _live(payloads, quad, str(recording))
     counts = both[1]
     for k in ("hits", "triggers", "events", "malformed_words", "datagrams"):
         assert both[0][k] == both[1][k], k
@@ -173,3 +177,15 @@ def test_live_and_offline_give_the_same_events_and_centroids(tmp_path, quad, sta
     if quad:                                       # every chip of the 516 x 516 frame has centroids
         left, low = ce["x"] < 258, ce["y"] < 258
         assert all(np.any(m) for m in (left & low, ~left & low, left & ~low, ~left & ~low))
+    # the live recording (pymepix .raw: header, then the datagrams; a quad stream keeps its
+    # .tpx3 chunks) converts, with the layout detected, to the same events and centroids
+    info = inspect_file(recording)
+    assert (info.kind, info.framing, info.header_time_ns is not None) == ("raw", "tpx3" if quad else "raw", True)
+    assert info.n_words == words.size and info.trailing_bytes == 0
+    r = convert_file(recording, tmp_path / "live.h5", event_window=WINDOW)
+    assert r.word_counts["other"] == 0 and r.hits == len(truth.hits)
+    for t in ("raw", "centroided", "timing/timepix"):
+        rec = read_table(tmp_path / "live.h5", t)
+        for k in rec:
+            if k != "timestamp":                  # header wall clock: the recording's own
+                np.testing.assert_array_equal(rec[k], off[t][k], err_msg=f"recording {t}/{k}")

@@ -3,8 +3,9 @@
 simulator streaming its .tpx3-framed datagrams over loopback UDP at its real pace.
 
 Checked: the 516 x 516 ``Preview`` (while data flow) and ``AcquisitionImage`` have hits in all
-four chips' quadrants, ``MalformedWords`` stays 0 on the clean stream, and once the stream is
-done ``TotalHits`` (and the image's sum) equals the hits sent.
+four chips' quadrants, ``MalformedWords`` stays 0 on the clean stream, once the stream is done
+``TotalHits`` (and the image's sum) equals the hits sent, and the AutoConvert HDF5 file of the
+recording holds the device's event and centroid counts in all four quadrants.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def quad_server(tmp_path_factory):
 
 
 @pytest.mark.timeout(240)
-def test_quad_device_preview_and_image_cover_all_four_chips_and_count_every_hit(quad_server):
+def test_quad_device_preview_and_image_cover_all_four_chips_and_count_every_hit(quad_server, tmp_path):
     dev, udp_port = quad_server
     wait_until(lambda: dev.state() == DevState.ON, 60, f"state ON (now {dev.state()}: {dev.status()})")
     if not dev.Centroiding:
@@ -75,7 +76,11 @@ def test_quad_device_preview_and_image_cover_all_four_chips_and_count_every_hit(
         wait_until(lambda: dev.state() == DevState.ON, 60, f"re-armed (now {dev.state()}: {dev.status()})")
     dev.AcquisitionTime = 0.0
     dev.AcquisitionTriggers = 0
-    dev.AutoRecord = False
+    dev.RecordingPath = str(tmp_path)
+    dev.FilePrefix = "quad_"
+    dev.FileIndex = 0
+    dev.AutoRecord = True
+    dev.AutoConvert = True
     dev.ResetCounters()
     dev.Start()
     assert dev.state() == DevState.RUNNING
@@ -108,3 +113,15 @@ def test_quad_device_preview_and_image_cover_all_four_chips_and_count_every_hit(
     assert image[:, 256:258].sum() == 0 and image[256:258, :].sum() == 0
     assert dev.AcquisitionTriggersDone == sent["triggers"] > 0
     assert dev.AcquisitionCentroids > 0 and dev.AcquisitionCentroids == dev.TotalCentroids
+    # AutoConvert of the recording (.raw holding the .tpx3-framed stream) gives the device's
+    # own counts, in the 516 x 516 frame
+    from tango_tpx.io import read_table
+
+    h5 = tmp_path / "quad_00000.h5"
+    wait_until(lambda: dev.LastHdf5File == str(h5), 120, "the AutoConvert HDF5 file")
+    assert dev.LastFile == str(tmp_path / "quad_00000.raw")
+    ev, ce = read_table(h5, "raw"), read_table(h5, "centroided")
+    assert len(ev["x"]) == dev.TotalEvents and len(ce["x"]) == dev.AcquisitionCentroids
+    img = np.zeros((516, 516), np.uint32)
+    np.add.at(img, (ev["y"], ev["x"]), 1)
+    assert min(_quadrant_counts(img)) > 0.15 * len(ev["x"])

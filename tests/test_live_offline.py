@@ -189,3 +189,32 @@ def test_live_and_offline_give_the_same_events_and_centroids(tmp_path, quad, sta
         for k in rec:
             if k != "timestamp":                  # header wall clock: the recording's own
                 np.testing.assert_array_equal(rec[k], off[t][k], err_msg=f"recording {t}/{k}")
+
+
+@pytest.mark.timeout(120)
+def test_quad_trigger_and_time_bounded_recordings_convert_to_the_acquisitions_counts(tmp_path):
+    """A bounded quad acquisition cuts its .raw recording inside a .tpx3 chunk (at the
+    ending trigger word); the cut file still converts to exactly the acquisition's counts."""
+    words, truth, payloads = _stream(True)
+    ctl = AcquisitionController(udp_port=free_udp_port(), layout="quad")
+    ctl.centroiding = True
+    ctl.event_window = WINDOW
+    results: list = []
+    ctl.session.on_done = results.append
+    ctl.arm()
+    try:
+        for n, bound in enumerate(({"triggers": 50}, {"time_s": 0.1})):
+            ctl.session.begin(record=str(tmp_path / f"rec{n}.raw"), **bound)
+            assert ctl.session.wait_open(5.0)
+            send_datagrams(ctl.udp_port, payloads, pause_every=32)
+            assert wait_for(lambda: len(results) > n, 30), ctl.fault()
+    finally:
+        ctl.close()
+    assert [r.reason for r in results] == ["triggers", "time"]
+    for n, r in enumerate(results):
+        assert r.error is None and r.file == str(tmp_path / f"rec{n}.raw")
+        c = convert_file(r.file, tmp_path / f"rec{n}.h5", event_window=WINDOW)
+        assert c.word_counts["other"] == 0 and c.word_counts["framing_errors"] == 0, c.word_counts
+        assert (c.hits, c.events, c.triggers, c.centroids) == \
+            (r.counts["hits"], r.counts["events"], r.counts["triggers"], r.counts["centroids"])
+    assert results[0].counts["triggers"] == 50 and 99 <= results[1].counts["triggers"] <= 101

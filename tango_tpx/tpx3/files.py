@@ -115,7 +115,8 @@ def inspect_file(path: str | os.PathLike) -> FileInfo:
     if _looks_like_header(first):
         payload = size - 8
         # a recording of a .tpx3-framed (quad) stream: the pymepix header, then chunks
-        framing = "tpx3" if head[8:12] == b"TPX3" else "raw"
+        chunk_bytes = int.from_bytes(head[14:16], "little")
+        framing = "tpx3" if head[8:12] == b"TPX3" and chunk_bytes > 0 and chunk_bytes % 8 == 0 else "raw"
         return FileInfo(str(p), "raw", framing, first, 8, payload // 8, payload % 8)
     return FileInfo(str(p), "raw", "raw", None, 0, size // 8, size % 8)
 

@@ -153,6 +153,18 @@ def test_tpx3_writer_chunks_by_hand(tmp_path):
         Tpx3FileWriter(p)
 
 
+def test_headered_raw_recording_of_a_framed_stream_has_tpx3_framing(tmp_path):
+    """The live pipeline records a quad (.tpx3-framed) stream as pymepix .raw: header, chunks."""
+    words = np.arange(1, 4, dtype=np.uint64) | np.uint64(0xB << 60)
+    p = tmp_path / "quad.raw"
+    with RawFileWriter(p, time_ns=HDR_TIME) as w:
+        w.write(frame_tpx3(words, 2, 16))
+    info = inspect_file(p)
+    assert (info.kind, info.framing, info.header_time_ns, info.data_offset, info.n_words) == \
+        ("raw", "tpx3", HDR_TIME, 8, 5)
+    assert read_words(p)[[1, 2, 4]].tolist() == words.tolist()
+
+
 def test_frame_tpx3_chip_changes():
     words = np.array([10, 11, 12, 13], np.uint64)
     out = frame_tpx3(words, np.array([0, 0, 1, 0]), chunk_bytes=8192)

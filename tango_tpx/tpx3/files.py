@@ -9,6 +9,8 @@ File kinds
 * ASI/Serval ``.tpx3``: chunks of an 8-byte header (b'TPX3', chip byte 4, mode byte 5,
   uint16 chunk size in bytes 6..7) followed by that many bytes of words. Detected by the
   magic at offset 0. :func:`iter_words` yields the chunk headers too (the decoder frames).
+* a ``.raw`` recording of a .tpx3-framed (quad) stream: the pymepix header, then chunks;
+  detected by the magic right after the header (framing 'tpx3', kind 'raw').
 
 Quad layout (2x2 chips in a 516 x 516 frame, 2-pixel gaps, chips ``2 1 / 3 0``):
 chip0: X = x + 258, Y = 255 - y + 258; chip1: X = 255 - x + 258, Y = y;
@@ -59,7 +61,8 @@ MAX_CHUNK_BYTES = 0xFFF8
 class FileInfo:
     """What :func:`inspect_file` found.
 
-    kind: 'raw' (pymepix) or 'tpx3' (ASI); framing: the Decoder framing to use ('raw'|'tpx3');
+    kind: 'raw' (pymepix) or 'tpx3' (ASI); framing: the Decoder framing to use ('raw'|'tpx3';
+    'tpx3' also for a pymepix-headered recording of a quad stream);
     header_time_ns: the pymepix header time (ns since the epoch) or None;
     data_offset: bytes before the first word; n_words: whole 8-byte words after it
     (chunk headers included for .tpx3); trailing_bytes: bytes of a trailing partial word (not decoded).
@@ -105,13 +108,16 @@ def inspect_file(path: str | os.PathLike) -> FileInfo:
     if size < 8:
         raise ValueError(f"{p}: {size} bytes, shorter than one 8-byte word")
     with open(p, "rb") as f:
-        head = f.read(8)
+        head = f.read(16)
     if head[:4] == b"TPX3":
         return FileInfo(str(p), "tpx3", "tpx3", None, 0, size // 8, size % 8)
-    first = int.from_bytes(head, "little")
+    first = int.from_bytes(head[:8], "little")
     if _looks_like_header(first):
         payload = size - 8
-        return FileInfo(str(p), "raw", "raw", first, 8, payload // 8, payload % 8)
+        # a recording of a .tpx3-framed (quad) stream: the pymepix header, then chunks
+        chunk_bytes = int.from_bytes(head[14:16], "little")
+        framing = "tpx3" if head[8:12] == b"TPX3" and chunk_bytes > 0 and chunk_bytes % 8 == 0 else "raw"
+        return FileInfo(str(p), "raw", framing, first, 8, payload // 8, payload % 8)
     return FileInfo(str(p), "raw", "raw", None, 0, size // 8, size % 8)
 
 

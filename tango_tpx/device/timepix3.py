@@ -131,7 +131,7 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
                 raise ValueError(f"ChipLayout property must be 'single' or 'quad', not {self.ChipLayout!r}")
             if not 0 < int(self.UdpPort) < 65536:
                 raise ValueError(f"UdpPort property must be 1..65535, not {self.UdpPort}")
-            self._controller = self.create_controller()
+            self._controller = self._new_controller()
             self._controller.session.on_done = self._acquisition_done
             self._controller.session.on_phase = self._acquisition_phase
             self._apply_train_id_source()
@@ -144,8 +144,8 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
                                          name="Timepix3-monitor", daemon=True)
         self._monitor.start()
 
-    def create_controller(self):
-        """Build the acquisition controller from the device properties (override in tests)."""
+    def _new_controller(self):
+        """The acquisition controller for the device properties."""
         from tango_tpx.pipeline.controller import AcquisitionController
 
         stream = str(self.DataStreamAddress).strip()

@@ -104,8 +104,8 @@ class _Buffer:
 class UdpSampler(BasePipelineObject):
     """Source stage: UDP receiver, chunker and recorder.
 
-    address: (host, port) to bind; longtime: unused here (the decoder anchors time), kept
-    for the pymepix signature; chunk_size: max datagrams per chunk; flush_timeout: s after
+    address: (host, port) to bind; longtime: pymepix's parameter, read by the decode stage
+    (the receiver does not decode); chunk_size: max datagrams per chunk; flush_timeout: s after
     the first datagram of a chunk before it is handed off anyway; chunk_bytes: max bytes
     per chunk; rcvbuf_bytes: receive buffer to request.
     """

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -98,27 +97,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 class _ProgressBar:
-    """A one-line progress bar with hits/s on stderr (a TTY), throttled to 5 updates/s."""
+    """Progress of one conversion on stderr: a tqdm bar (percent, Mhits, Mhits/s, centroids)
+    on a terminal, a line every 10 % in a log file."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
+    def __init__(self, stream=sys.stderr):
         self.stream = stream
-        self.width = width
-        self.last = 0.0
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.next_pct = 10
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100.0, unit="%", file=stream, mininterval=0.2, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:5.1f}% [{elapsed}<{remaining}{postfix}]")
 
     def __call__(self, st: ConvertStatus) -> None:
-        now = time.monotonic()
         rate = st.hits / st.elapsed_s / 1e6 if st.elapsed_s > 0 else 0.0
-        if self.tty:
-            if now - self.last < 0.2 and st.fraction < 1.0:
-                return
-            self.last = now
-            filled = int(round(self.width * st.fraction))
-            bar = "#" * filled + "." * (self.width - filled)
-            self.stream.write(f"\r[{bar}] {100 * st.fraction:5.1f}%  {st.hits / 1e6:8.2f} Mhits  "
-                              f"{rate:6.2f} Mhits/s  {st.centroids} centroids")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{st.hits / 1e6:.2f} Mhits, {rate:.2f} Mhits/s, {st.centroids} centroids",
+                                     refresh=False)
+            self.bar.update(100.0 * st.fraction - self.bar.n)
         elif 100 * st.fraction >= self.next_pct:  # a log file gets a line every 10 %
             while 100 * st.fraction >= self.next_pct:
                 self.next_pct += 10
@@ -126,9 +124,8 @@ class _ProgressBar:
             self.stream.flush()
 
     def end(self) -> None:
-        if self.tty and self.last:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _convert_kwargs(args: argparse.Namespace) -> dict:

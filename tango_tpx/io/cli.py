@@ -108,7 +108,7 @@ class _ProgressBar:
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=100.0, unit="%", file=stream, mininterval=0.2, dynamic_ncols=True,
+            self.bar = tqdm(total=100.0, unit="%", file=stream, mininterval=0.2, miniters=1, dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n:5.1f}% [{elapsed}<{remaining}{postfix}]")
 
     def __call__(self, st: ConvertStatus) -> None:

@@ -153,3 +153,21 @@ def test_nxscan_recorder_understands_the_references():
     assert m.group("dataset") == "centroided"
     m = re.match(pattern, file_reference("/data/run7/scan_00003.raw", None, False))
     assert m is not None and m.group("scheme") == "file"
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_is_refused_at_prepare_and_a_failed_start_is_the_channels_fault():
+    """PrepareOne refuses a device in Fault; StartAll never raises into the Pool (the Pool's
+    software acquisition would stay busy for good): the channels report Fault with the reason."""
+    from sardana import State
+
+    ct = _load(CONTROLLER_DIR / "Timepix3CounterTimerCtrl.py").Timepix3CounterTimerCtrl
+    ctrl = ct("tpx3_ctctrl_fault", {"Device": f"tango://127.0.0.1:{free_port()}/tpx3/detector/1",
+                                    "Timeout": 1.0})
+    with pytest.raises(DeviceError, match="tpx3/detector/1 is in Fault"):
+        ctrl.PrepareOne(1, 0.5, 1, 0.0, 1)
+    ctrl.link.integration_time = 0.5
+    ctrl.StartAll()
+    state, status = ctrl.StateOne(2)
+    assert state == State.Fault
+    assert status == ctrl.link.failure and "tpx3/detector/1" in status, status

@@ -156,9 +156,10 @@ def test_nxscan_recorder_understands_the_references():
 
 
 @pytest.mark.timeout(60)
-def test_a_fault_is_refused_at_prepare_and_a_failed_start_is_the_channels_fault():
-    """PrepareOne refuses a device in Fault; StartAll never raises into the Pool (the Pool's
-    software acquisition would stay busy for good): the channels report Fault with the reason."""
+def test_a_fault_is_refused_at_prepare_and_a_failed_load_or_start_is_the_channels_fault():
+    """PrepareOne refuses a device in Fault; LoadOne and StartAll never raise into the Pool (the
+    Pool's software acquisition would stay busy for good): the channels report Fault with the
+    reason until the next measurement prepares."""
     from sardana import State
 
     ct = _load(CONTROLLER_DIR / "Timepix3CounterTimerCtrl.py").Timepix3CounterTimerCtrl
@@ -166,8 +167,17 @@ def test_a_fault_is_refused_at_prepare_and_a_failed_start_is_the_channels_fault(
                                     "Timeout": 1.0})
     with pytest.raises(DeviceError, match="tpx3/detector/1 is in Fault"):
         ctrl.PrepareOne(1, 0.5, 1, 0.0, 1)
+    assert ctrl.link.failure is None
+    ctrl.LoadOne(1, 0.5, 1, 0.0)                     # writing AcquisitionTime fails: no exception
+    assert ctrl.StateOne(2) == (State.Fault, ctrl.link.failure)
+    assert "tpx3/detector/1" in ctrl.link.failure and "unreachable" in ctrl.link.failure
+    ctrl.LoadOne(1, 0.0, 1, 0.0)                     # a bad integration time: no exception either
+    assert "must be > 0" in ctrl.StateOne(1)[1]
     ctrl.link.integration_time = 0.5
-    ctrl.StartAll()
+    ctrl.StartAll()                                  # this point starts nothing and says why
     state, status = ctrl.StateOne(2)
-    assert state == State.Fault
-    assert status == ctrl.link.failure and "tpx3/detector/1" in status, status
+    assert state == State.Fault and "must be > 0" in status, status
+    with pytest.raises(DeviceError):
+        ctrl.PrepareOne(1, 0.5, 1, 0.0, 1)           # the next measurement: the device's own state again
+    state, status = ctrl.StateOne(2)
+    assert state == State.Fault and "unreachable" in status and "must be > 0" not in status, status

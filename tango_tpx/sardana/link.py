@@ -16,7 +16,8 @@ A device in Fault is refused when the measurement group prepares (:meth:`DeviceL
 A Start that fails later, in the point itself, is not raised to the Pool: the Pool's software
 acquisition would then stay busy and every later acquisition of the measurement group would
 wait for it for ever. :meth:`DeviceLink.fail` keeps the reason instead and the channels are in
-Fault with it until the next start or stop, so the Pool ends the point with Fault.
+Fault with it until the next measurement prepares or a stop, so the Pool ends the point with
+Fault.
 """
 
 from __future__ import annotations
@@ -189,14 +190,16 @@ class DeviceLink:
         return result
 
     def check_ready(self) -> None:
-        """Raise DeviceError naming the device's state and status if it is in Fault (or unreachable)."""
+        """Before a measurement: forget an earlier failed start, then raise DeviceError naming the
+        device's state and status if it is in Fault (or unreachable)."""
         self.failure = None
         state, status = self.state(fresh=True)
         if state == "Fault":
             raise DeviceError(f"Timepix3 device {self.name} is in Fault, not ready to acquire: {status}")
 
     def fail(self, reason: str) -> None:
-        """A start failed: the channels report Fault with ``reason`` until the next start or stop."""
+        """Loading or starting a point failed: the channels report Fault with ``reason`` (and
+        this point starts nothing) until the next measurement prepares or a stop."""
         with self._lock:
             self._round = None
             self._state = None
@@ -240,7 +243,8 @@ class DeviceLink:
             if r is not None and who not in r.members and now - r.started < JOIN_WINDOW_S:
                 r.members.add(who)
                 return False
-            self.failure = None
+            if self.failure is not None:  # this point's load or another controller's start failed
+                raise DeviceError(self.failure)
             if self.integration_time is None:
                 raise DeviceError(f"Timepix3 device {self.name}: no integration time loaded")
             dev_state = self.call("reading State", lambda p: p.state())

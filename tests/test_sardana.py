@@ -245,21 +245,21 @@ def test_device_fault_is_reported_by_the_channels_with_its_status(system, door):
 
 def test_a_start_refused_within_a_point_ends_it_with_fault_and_the_next_ct_runs(system, door):
     dev = system.device
-    dev.write_attribute("AcquisitionTime", 0.0)   # another client's acquisition, until Stop
-    dev.Start()
+    blocker = Path(dev.RecordingPath) / f"{dev.FilePrefix}{dev.FileIndex:05d}.raw"
+    blocker.write_bytes(b"")  # the series' next file exists: the device refuses Start, while ON
     try:
-        wait_until(lambda: dev.state() == tango.DevState.RUNNING, 30, "device RUNNING")
-        result = door.run("ct 0.2", timeout=60)   # the device is busy: this point cannot start
+        result = door.run("ct 0.2", timeout=60)
         assert not result.ok
         assert any("Fault" in line for line in result.errors), result.errors
         channel = tango.DeviceProxy(system.url("tpx3_hits"))
         assert channel.state() == tango.DevState.FAULT
-        assert "RUNNING" in channel.status() and "not ON" in channel.status(), channel.status()
+        assert str(blocker) in channel.status() and "already exists" in channel.status(), channel.status()
+        assert dev.state() == tango.DevState.ON
     finally:
-        dev.Stop()
-    wait_until(lambda: dev.state() == tango.DevState.ON, 60, "device ON after Stop")
+        blocker.unlink()
     values = _ct_values(_run_ok(door, "ct 0.2").output)  # the Pool is not left waiting for the failed point
     assert values["tpx3_hits"] == pytest.approx(RATE_HZ * 0.2, rel=0.10), values
+    assert channel.state() == tango.DevState.ON
 
 
 def test_controller_of_an_unreachable_device_reports_fault_quickly(system):

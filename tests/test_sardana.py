@@ -243,6 +243,25 @@ def test_device_fault_is_reported_by_the_channels_with_its_status(system, door):
     assert _run_ok(door, "ct 0.2")
 
 
+def test_a_start_refused_within_a_point_ends_it_with_fault_and_the_next_ct_runs(system, door):
+    dev = system.device
+    blocker = Path(dev.RecordingPath) / f"{dev.FilePrefix}{dev.FileIndex:05d}.raw"
+    blocker.write_bytes(b"")  # the series' next file exists: the device refuses Start, while ON
+    try:
+        result = door.run("ct 0.2", timeout=60)
+        assert not result.ok
+        assert any("Fault" in line for line in result.errors), result.errors
+        channel = tango.DeviceProxy(system.url("tpx3_hits"))
+        assert channel.state() == tango.DevState.FAULT
+        assert str(blocker) in channel.status() and "already exists" in channel.status(), channel.status()
+        assert dev.state() == tango.DevState.ON
+    finally:
+        blocker.unlink()
+    values = _ct_values(_run_ok(door, "ct 0.2").output)  # the Pool is not left waiting for the failed point
+    assert values["tpx3_hits"] == pytest.approx(RATE_HZ * 0.2, rel=0.10), values
+    assert channel.state() == tango.DevState.ON
+
+
 def test_controller_of_an_unreachable_device_reports_fault_quickly(system):
     from tango_tpx.device.database import free_port
 

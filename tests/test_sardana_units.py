@@ -153,3 +153,31 @@ def test_nxscan_recorder_understands_the_references():
     assert m.group("dataset") == "centroided"
     m = re.match(pattern, file_reference("/data/run7/scan_00003.raw", None, False))
     assert m is not None and m.group("scheme") == "file"
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_is_refused_at_prepare_and_a_failed_load_or_start_is_the_channels_fault():
+    """PrepareOne refuses a device in Fault; LoadOne and StartAll never raise into the Pool (the
+    Pool's software acquisition would stay busy for good): the channels report Fault with the
+    reason until the next measurement prepares."""
+    from sardana import State
+
+    ct = _load(CONTROLLER_DIR / "Timepix3CounterTimerCtrl.py").Timepix3CounterTimerCtrl
+    ctrl = ct("tpx3_ctctrl_fault", {"Device": f"tango://127.0.0.1:{free_port()}/tpx3/detector/1",
+                                    "Timeout": 1.0})
+    with pytest.raises(DeviceError, match="tpx3/detector/1 is in Fault"):
+        ctrl.PrepareOne(1, 0.5, 1, 0.0, 1)
+    assert ctrl.link.failure is None
+    ctrl.LoadOne(1, 0.5, 1, 0.0)                     # writing AcquisitionTime fails: no exception
+    assert ctrl.StateOne(2) == (State.Fault, ctrl.link.failure)
+    assert "tpx3/detector/1" in ctrl.link.failure and "unreachable" in ctrl.link.failure
+    ctrl.LoadOne(1, 0.0, 1, 0.0)                     # a bad integration time: no exception either
+    assert "must be > 0" in ctrl.StateOne(1)[1]
+    ctrl.link.integration_time = 0.5
+    ctrl.StartAll()                                  # this point starts nothing and says why
+    state, status = ctrl.StateOne(2)
+    assert state == State.Fault and "must be > 0" in status, status
+    with pytest.raises(DeviceError):
+        ctrl.PrepareOne(1, 0.5, 1, 0.0, 1)           # the next measurement: the device's own state again
+    state, status = ctrl.StateOne(2)
+    assert state == State.Fault and "unreachable" in status and "must be > 0" not in status, status

@@ -8,6 +8,13 @@ each point and waits while the channels are Moving; a gate of the integration ti
 same bounded acquisition). Hardware modes and ``SoftwareStart`` need several acquisitions
 per start with a value per trigger, which the device does not buffer: they are refused with
 an error naming the mode.
+
+A device in Fault is refused in ``PrepareOne`` (the measurement group's prepare, before the
+Pool starts anything). ``LoadOne`` and ``StartAll`` never raise: the Pool runs them in a job
+whose completion callback marks its software acquisition ready, and an exception there leaves
+that acquisition busy for good (the next ``ct`` or scan of the measurement group would wait
+for ever). A failed load or start puts the channels in Fault with its reason instead
+(:meth:`DeviceLink.fail`), and the Pool ends the point with Fault.
 """
 
 from __future__ import annotations
@@ -68,10 +75,17 @@ class Timepix3CtrlMixin:
 
     # -- acquisition ---------------------------------------------------------------------------
     def LoadOne(self, axis: int, value: float, repetitions: int, latency: float) -> None:  # noqa: N802
-        if repetitions != 1:
-            raise ValueError(f"{self.GetName()}: {repetitions} repetitions per start are not supported "
-                             f"(one bounded acquisition per start)")
-        self.link.load(value)
+        try:
+            if repetitions != 1:
+                raise ValueError(f"{self.GetName()}: {repetitions} repetitions per start are not supported "
+                                 f"(one bounded acquisition per start)")
+            self.link.load(value)
+        except Exception as exc:  # noqa: BLE001 - reported as the channels' Fault (see module docstring)
+            self._failed("load", exc)
+
+    def PrepareOne(self, axis: int, value: float, repetitions: int, latency: float,  # noqa: N802
+                   nb_starts: int) -> None:
+        self.link.check_ready()
 
     def PreStartOne(self, axis: int, value: float) -> bool:  # noqa: N802
         return True
@@ -80,7 +94,15 @@ class Timepix3CtrlMixin:
         pass  # the one Start per controller is in StartAll
 
     def StartAll(self) -> None:  # noqa: N802
-        self.link.start(f"{self.GetName()}@{id(self):x}")
+        try:
+            self.link.start(f"{self.GetName()}@{id(self):x}")
+        except Exception as exc:  # noqa: BLE001 - reported as the channels' Fault (see module docstring)
+            self._failed("start", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, (DeviceError, ValueError)) else f"{self.GetName()}: {what}: {exc}"
+        self._log.error("%s failed: %s", what, reason)
+        self.link.fail(reason)
 
     def StopOne(self, axis: int) -> None:  # noqa: N802
         self.link.stop()

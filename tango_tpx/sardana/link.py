@@ -11,6 +11,13 @@ Device state -> Sardana state: ON -> On; RUNNING, MOVING, INIT -> Moving; FAULT 
 other state -> Fault with the device's Status text. An unreachable device gives Fault (in
 ``StateOne``) or a RuntimeError naming the device and the reason (in commands); a call
 never waits longer than the controller's ``Timeout``.
+
+A device in Fault is refused when the measurement group prepares (:meth:`DeviceLink.check_ready`).
+A Start that fails later, in the point itself, is not raised to the Pool: the Pool's software
+acquisition would then stay busy and every later acquisition of the measurement group would
+wait for it for ever. :meth:`DeviceLink.fail` keeps the reason instead and the channels are in
+Fault with it until the next measurement prepares or a stop, so the Pool ends the point with
+Fault.
 """
 
 from __future__ import annotations
@@ -128,6 +135,8 @@ class DeviceLink:
         self._state: tuple[float, str, str] | None = None
         self.integration_time: float | None = None
         self.series: SeriesRequest | None = None
+        #: why the last start failed (the channels are in Fault with it until the next start/stop)
+        self.failure: str | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
     def proxy(self) -> Any:
@@ -164,6 +173,9 @@ class DeviceLink:
     # -- state ---------------------------------------------------------------------------------
     def state(self, fresh: bool = False) -> tuple[str, str]:
         """``(Sardana state name, status)``; an unreachable device is ``Fault`` with the reason."""
+        failure = self.failure
+        if failure is not None:
+            return "Fault", failure
         now = time.monotonic()
         cached = self._state
         if not fresh and cached is not None and now - cached[0] < STATE_CACHE_S:
@@ -176,6 +188,22 @@ class DeviceLink:
             result = ("Fault", str(exc))
         self._state = (time.monotonic(), *result)
         return result
+
+    def check_ready(self) -> None:
+        """Before a measurement: forget an earlier failed start, then raise DeviceError naming the
+        device's state and status if it is in Fault (or unreachable)."""
+        self.failure = None
+        state, status = self.state(fresh=True)
+        if state == "Fault":
+            raise DeviceError(f"Timepix3 device {self.name} is in Fault, not ready to acquire: {status}")
+
+    def fail(self, reason: str) -> None:
+        """Loading or starting a point failed: the channels report Fault with ``reason`` (and
+        this point starts nothing) until the next measurement prepares or a stop."""
+        with self._lock:
+            self._round = None
+            self._state = None
+            self.failure = reason
 
     # -- acquisition ---------------------------------------------------------------------------
     def prepare_series(self, request: SeriesRequest | None) -> None:
@@ -215,12 +243,16 @@ class DeviceLink:
             if r is not None and who not in r.members and now - r.started < JOIN_WINDOW_S:
                 r.members.add(who)
                 return False
+            if self.failure is not None:  # this point's load or another controller's start failed
+                raise DeviceError(self.failure)
             if self.integration_time is None:
                 raise DeviceError(f"Timepix3 device {self.name}: no integration time loaded")
             dev_state = self.call("reading State", lambda p: p.state())
             if str(dev_state) != "ON":
                 status = self.call("reading Status", lambda p: p.status())
-                raise DeviceError(f"Timepix3 device {self.name} is {dev_state}, not ON: {status.strip()}")
+                sardana = sardana_state(dev_state, "")[0]
+                raise DeviceError(f"Timepix3 device {self.name} is {dev_state} (Sardana state {sardana}), "
+                                  f"not ON: {status.strip()}")
             # AcquisitionTime may have been changed by someone else since load()
             if abs(float(self.read("AcquisitionTime")["AcquisitionTime"]) - self.integration_time) > 1e-9:
                 self.write("AcquisitionTime", self.integration_time)
@@ -237,6 +269,7 @@ class DeviceLink:
         with self._lock:
             self._round = None
             self._state = None
+            self.failure = None
             state = str(self.call("reading State", lambda p: p.state()))
             if state == "RUNNING":
                 try:

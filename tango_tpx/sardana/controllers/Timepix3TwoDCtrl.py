@@ -2,8 +2,8 @@
 
 One axis (``tpx3_image``). Per point:
 
-* ``PrepareOne`` writes AcquisitionTime and the file series from the channel's value
-  reference settings:
+* ``PrepareOne`` refuses a device in Fault, then writes AcquisitionTime and the file series
+  from the channel's value reference settings:
   enabled -> ``AutoRecord`` on, ``RecordingPath``/``FilePrefix`` from the pattern (see
   :func:`tango_tpx.sardana.link.parse_value_ref_pattern`), ``AutoConvert`` for ``h5file://``;
   disabled -> ``AutoRecord`` off;
@@ -78,6 +78,7 @@ class Timepix3TwoDCtrl(Timepix3CtrlMixin, TwoDController, Referable):
     @checked
     def PrepareOne(self, axis: int, value: float, repetitions: int, latency: float,  # noqa: N802
                    nb_starts: int) -> None:
+        self.link.check_ready()
         request = parse_value_ref_pattern(self._ref_pattern) if self._ref_enabled else None
         self.link.prepare_series(request)
         if value > 0:  # the integration time (LoadOne sets it again before each start)

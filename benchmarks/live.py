@@ -341,14 +341,19 @@ def _workers_idle(c, slot: int) -> bool:
     return c.stage_sent_total(slot) <= c.worker_total("chunks_in")
 
 
+def _idle(kind, c, slot: int = 2) -> bool:
+    """Every raw chunk handed off has been decoded and (centroiding) every message to the
+    centroid stage has been centroided: nothing is left in flight."""
+    return c.get("decoded_chunks") >= c.get("chunks") and (kind != "centroid" or _workers_idle(c, slot))
+
+
 def _settled(kind, c, hits, nbytes, recording, slot: int = 2) -> bool:
     """Everything sent has been decoded (recorded, centroided)."""
     done = c.get("hits") >= hits and c.get("bytes") >= nbytes
     if recording:
         done = done and c.get("recorded_bytes") + c.get("record_dropped_bytes") >= nbytes
     if kind == "centroid":
-        done = (done and c.get("decoded_chunks") >= c.get("chunks") and _workers_idle(c, slot)
-                and c.worker_total("hits_in") >= c.get("events"))
+        done = done and _idle(kind, c, slot) and c.worker_total("hits_in") >= c.get("events")
     return done
 
 
@@ -356,9 +361,9 @@ def wait_drained(kind, pipe, hits: int, nbytes: int, recording: bool, timeout_s:
                  stall_s: float) -> tuple[str, float]:
     """Poll the counters until the pipeline has drained what was sent (:func:`_settled`).
 
-    Returns (state, seconds waited): ``drained``; ``stalled`` when no counter moved for
-    ``stall_s`` s (the rest is lost: dropped by the kernel or at a hand-off); ``timeout``
-    when still busy after ``timeout_s`` s."""
+    Returns (state, seconds waited): ``drained``; ``stalled`` when the stages are idle and no
+    counter moved for ``stall_s`` s (the rest is lost: dropped by the kernel or at a
+    hand-off); ``timeout`` when not drained after ``timeout_s`` s."""
     c = pipe.counters
     slot = _centroid_slot(pipe) if kind == "centroid" else 2
     t0 = time.monotonic()
@@ -371,7 +376,7 @@ def wait_drained(kind, pipe, hits: int, nbytes: int, recording: bool, timeout_s:
                  c.worker_total("chunks_in"), c.worker_total("hits_in"))
         if state != last:
             last, moved = state, now
-        elif now - moved >= stall_s:
+        elif now - moved >= stall_s and _idle(kind, c, slot):
             return "stalled", now - t0
         if now - t0 >= timeout_s:
             return "timeout", now - t0

@@ -579,7 +579,7 @@ def main(argv=None) -> int:
             if row:
                 out["pixel_recording_best_step"] = {k: row[k] for k in (
                     "cpu_cores", "pipeline_cpu_s_per_mhit", "cpu_capacity_mhits", "cpu_capacity_with_sender_mhits",
-                    "lag_s")}
+                    "lag_s", "drain_s")}
         if "b" not in skip:
             print("(b) CentroidPipeline, 2 centroid processes", flush=True)
             out["centroid2_mhits"], row, rows = ramp(

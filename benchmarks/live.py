@@ -344,9 +344,9 @@ def _workers_idle(c, slot: int) -> bool:
 
 
 def _idle(kind, c, slot: int = 2) -> bool:
-    """Every raw chunk handed off has been decoded and (centroiding) every message to the
-    centroid stage has been centroided: nothing is left in flight."""
-    return c.get("decoded_chunks") >= c.get("chunks") and (kind != "centroid" or _workers_idle(c, slot))
+    """Every raw chunk handed to the decoder (stage slot 1) has been decoded and (centroiding)
+    every message to the centroid stage has been centroided: nothing is left in flight."""
+    return c.stage_sent_total(1) <= c.get("decoded_chunks") and (kind != "centroid" or _workers_idle(c, slot))
 
 
 def _settled(kind, c, hits, nbytes, recording, slot: int = 2) -> bool:
@@ -363,9 +363,10 @@ def wait_drained(kind, pipe, hits: int, nbytes: int, recording: bool, timeout_s:
                  stall_s: float) -> tuple[str, float]:
     """Poll the counters until the pipeline has drained what was sent (:func:`_settled`).
 
-    Returns (state, seconds waited): ``drained``; ``stalled`` when the stages are idle and no
-    counter moved for ``stall_s`` s (the rest is lost: dropped by the kernel or at a
-    hand-off); ``timeout`` when not drained after ``timeout_s`` s."""
+    Returns (state, seconds waited): ``drained``; ``stalled`` when no counter moved for
+    ``stall_s`` s while the stages are idle or a loss was counted (the rest is lost:
+    dropped by the kernel or at a hand-off); ``timeout`` when not drained after
+    ``timeout_s`` s."""
     c = pipe.counters
     slot = _centroid_slot(pipe) if kind == "centroid" else 2
     t0 = time.monotonic()
@@ -378,7 +379,8 @@ def wait_drained(kind, pipe, hits: int, nbytes: int, recording: bool, timeout_s:
                  c.worker_total("chunks_in"), c.worker_total("hits_in"))
         if state != last:
             last, moved = state, now
-        elif now - moved >= stall_s and _idle(kind, c, slot):
+        elif now - moved >= stall_s and (_idle(kind, c, slot) or c.get("kernel_drops") > 0
+                                          or c.get("handoff_dropped_bytes") > 0):
             return "stalled", now - t0
         if now - t0 >= timeout_s:
             return "timeout", now - t0

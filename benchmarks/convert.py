@@ -1,7 +1,7 @@
 """End-to-end conversion benchmark: simulated raw file -> HDF5 with centroids (``tango-tpx convert``).
 
 Usage: ``python benchmarks/convert.py [--size-gb 1.0] [--processes 2] [--repeat 3] [--dbscan-mhits 0.3]
-[--compressions deflate,blosc-lz4]``
+[--compressions deflate,blosc-lz4] [--rustpix-threads 1,2]``
 
 1. The simulator writes a pymepix .raw file of ``--size-gb`` GB (default 1 GB, ~130 M hits).
 2. numba/scikit-learn are warmed up on a tiny file, outside the timed regions.
@@ -12,6 +12,14 @@ Usage: ``python benchmarks/convert.py [--size-gb 1.0] [--processes 2] [--repeat 
    hdf5plugin to read), their ratio and output sizes. The first compression is the headline.
 4. Same run, a slice of the file (``--dbscan-mhits`` M words; 0 skips it): the pymepix-compatible
    DBSCAN mode (the baseline) and the fast mode on the same slice, and their ratio.
+5. Same run, the same words written as an ASI ``.tpx3`` file: rustpix's
+   ``process_tpx3_neutrons`` (ABS clustering, same neighbourhood as ours: radius 1.5 px,
+   200 ns, >= 3 hits; file to clusters in memory, no write), in a fresh process per thread
+   count of ``--rustpix-threads`` (``RAYON_NUM_THREADS``; its pool size is fixed at start),
+   wall time of the call only (interpreter start and import excluded), the best of
+   ``--repeat`` calls each. ``ratio_vs_rustpix`` = our end-to-end rate (raw to HDF5 with
+   centroids, ``--processes`` processes, the write included, the headline compression)
+   / rustpix's best rate over the thread counts, both counted in our decoded pixel hits.
 
 The last line printed is one JSON object with every figure.
 """
@@ -23,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,6 +110,56 @@ def _convert(src: Path, out: Path, **kw) -> tuple[float, object]:
     return time.perf_counter() - t0, r
 
 
+def _rustpix_worker(path: str, repeat: int) -> None:
+    """Child process: time rustpix's ``process_tpx3_neutrons`` (ABS) on ``path``; prints one
+    JSON line (best wall s of ``repeat`` calls, CPU s of that call, clusters, threads)."""
+    import rustpix
+
+    cfg = rustpix.ClusteringConfig(radius=1.5, temporal_window_ns=200.0, min_cluster_size=3)
+    best = best_cpu = float("inf")
+    clusters = 0
+    for _ in range(repeat):
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = rustpix.process_tpx3_neutrons(path, clustering_config=cfg, algorithm="abs", collect=True)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if dt < best:
+            best, best_cpu = dt, dc
+        clusters = int(res.len())
+    print(json.dumps(dict(seconds=best, cpu_s=best_cpu, clusters=clusters,
+                          threads=os.environ.get("RAYON_NUM_THREADS"))))
+
+
+def bench_rustpix(src: Path, tpx3: Path, threads: list[int], repeat: int) -> dict | str:
+    """rustpix ABS, file to clusters, on ``src``'s words written as ``tpx3``: per thread
+    count a dict of seconds / cpu_s / clusters, or a reason string when it cannot run."""
+    try:
+        import rustpix  # noqa: F401
+    except ImportError:
+        return "not installed (pip install 'tango-tpx[bench]')"
+    from tango_tpx.tpx3.files import Tpx3FileWriter, iter_words
+
+    if tpx3.exists():
+        tpx3.unlink()
+    with Tpx3FileWriter(tpx3) as w:
+        for words in iter_words(src, chunk_words=1 << 22):
+            w.write_chip(0, words)
+    os.sync()
+    out: dict = {}
+    for n in threads:
+        env = dict(os.environ, RAYON_NUM_THREADS=str(n))
+        try:
+            p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--rustpix-worker", str(tpx3),
+                                str(repeat)], env=env, capture_output=True, text=True, timeout=1800)
+        except subprocess.TimeoutExpired:
+            print(f"rustpix with {n} thread(s): timed out")
+            continue
+        if p.returncode != 0:
+            print(f"rustpix with {n} thread(s) failed: {p.stderr.strip().splitlines()[-1:]}")
+            continue
+        out[n] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out or "every run failed"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=1.0, help="size of the simulated raw file (GB, default 1)")
@@ -112,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=3, help="end-to-end runs; the best is reported (default 3)")
     ap.add_argument("--compressions", default="deflate,blosc-lz4",
                     help="comma-separated HDF5 compressions timed side by side (default deflate,blosc-lz4)")
+    ap.add_argument("--rustpix-threads", default="1,2",
+                    help="rustpix thread counts (RAYON_NUM_THREADS), the best is compared; empty skips it")
     ap.add_argument("--workdir", default=None, help="where the files go (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args(argv)
@@ -123,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     src, out = work / "bench.raw", work / "bench.h5"
     piece, piece_fast, piece_db = work / "slice.raw", work / "slice_fast.h5", work / "slice_dbscan.h5"
+    tpx3 = work / "bench.tpx3"
     try:
         for p in (src, piece):
             if p.exists():
@@ -220,6 +282,36 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  fast, 1 process:                       {mh_f1:8.3f} Mhits/s")
             print(f"  ratio fast / dbscan on the slice:      {mh_fs / mh_db:8.1f} x")
             print(f"  ratio end-to-end fast / dbscan:        {mh_full / mh_db:8.1f} x")
+        # -- 5. rustpix, file to clusters, the same words as .tpx3 ----------------------------
+        rp_threads = [int(x) for x in args.rustpix_threads.split(",") if x.strip()]
+        rp = bench_rustpix(src, tpx3, rp_threads, args.repeat) if rp_threads else "skipped"
+        mh_rp = {} if isinstance(rp, str) else {n: r_full.hits / r["seconds"] / 1e6 for n, r in rp.items()}
+        mh_rp_best = max(mh_rp.values()) if mh_rp else float("nan")
+        ratio_rp = mh_full / mh_rp_best if mh_rp else float("nan")
+        # a loaded machine gives neither side its cores: the CPU cost per hit compares them
+        # without the other jobs (ours: every process, the HDF5 write included)
+        ns_rp = min((r["cpu_s"] for r in rp.values()), default=float("nan")) / r_full.hits * 1e9 \
+            if mh_rp else float("nan")
+        ratio_rp_cpu = ns_rp / ns_per_hit if mh_rp else float("nan")
+        if isinstance(rp, str):
+            print(f"rustpix: {rp}")
+        else:
+            for n, r in rp.items():
+                print(f"rustpix {n} thread(s), process_tpx3_neutrons abs, file to clusters (no write): "
+                      f"{r['seconds']:.2f} s = {mh_rp[n]:6.2f} Mhits/s ({r['cpu_s']:.1f} s CPU, "
+                      f"{r['clusters']} clusters)")
+            print(f"  ratio_vs_rustpix = ours end to end {mh_full:.2f} / rustpix best {mh_rp_best:.2f} "
+                  f"= {ratio_rp:.2f} [target 3.0] (wall clock; load average now {os.getloadavg()[0]:.2f})")
+            print(f"  CPU per hit: rustpix {ns_rp:.0f} ns, ours {ns_per_hit:.0f} ns (write included): "
+                  f"ratio {ratio_rp_cpu:.2f}")
+        print(f"{'':2}{'what':<58}{'Mhits/s':>10}")
+        for c in comps:
+            print(f"{'':2}{'ours, raw -> HDF5 + centroids, ' + str(args.processes) + ' processes, ' + c:<58}"
+                  f"{mh[c]:>10.2f}")
+        for n, v in mh_rp.items():
+            print(f"{'':2}{'rustpix abs, .tpx3 -> clusters, ' + str(n) + ' thread(s)':<58}{v:>10.2f}")
+        if mh_rp:
+            print(f"{'':2}{'ratio_vs_rustpix':<58}{ratio_rp:>10.2f}")
         result = {
             "benchmark": "convert", "size_gb": round(size / 1e9, 3), "hits": r_full.hits,
             "centroids": r_full.centroids, "processes": args.processes, "cpu_count": os.cpu_count(),
@@ -242,11 +334,20 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio_fast_vs_dbscan_slice": round(mh_fs / mh_db, 1),
             "ratio_end_to_end_vs_dbscan": round(mh_full / mh_db, 1),
             "target_mhits_per_s": 15.0, "simulate_s": round(gen_s, 1),
+            "rustpix": rp if isinstance(rp, str) else "process_tpx3_neutrons abs, file to clusters, no write",
+            "rustpix_mhits_per_s_by_threads": {str(n): round(v, 2) for n, v in mh_rp.items()},
+            "rustpix_cpu_s_by_threads": {} if isinstance(rp, str) else
+            {str(n): round(r["cpu_s"], 2) for n, r in rp.items()},
+            "rustpix_clusters": None if isinstance(rp, str) or not rp else next(iter(rp.values()))["clusters"],
+            "rustpix_mhits_per_s": round(mh_rp_best, 2), "ratio_vs_rustpix": round(ratio_rp, 2),
+            "target_ratio_vs_rustpix": 3.0, "rustpix_cpu_ns_per_hit": round(ns_rp, 1),
+            "ratio_vs_rustpix_cpu_per_hit": round(ratio_rp_cpu, 2),
+            "load_avg_after": round(os.getloadavg()[0], 2),
         }
     finally:
         if not args.keep:
             if args.workdir:
-                for p in (src, out, piece, piece_fast, piece_db, work / "tiny.raw", work / "tiny.h5"):
+                for p in (src, out, piece, piece_fast, piece_db, tpx3, work / "tiny.raw", work / "tiny.h5"):
                     if p.exists():
                         p.unlink()
             else:
@@ -257,4 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--rustpix-worker":
+        _rustpix_worker(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()

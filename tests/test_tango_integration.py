@@ -216,43 +216,66 @@ def test_changed_udp_port_rearms_at_init_and_a_busy_one_is_a_fault_naming_it(sys
     wait_until(lambda: dev.state() == DevState.ON, 20, "ON after Stop")
 
 
+#: A Taurus client in its own interpreter, as a remote script or GUI would be: it reads every
+#: attribute by URI, prints one JSON line with what it read, then listens to TotalHits change
+#: events until it has two (or 15 s pass) and prints them as a second JSON line.
+_TAURUS_CLIENT = r"""
+import json, sys, time
+import taurus
+from taurus.core import TaurusEventType
+
+base, names = sys.argv[1], sys.argv[2].split(",")
+out = {}
+for name in names:
+    r = taurus.Attribute(base + "/" + name).read()
+    v = None if r is None else getattr(r.rvalue, "magnitude", r.rvalue)
+    out[name] = v if isinstance(v, (int, float, str, bool)) or v is None else "array"
+end = taurus.Attribute(base + "/EventWindowEnd").read().rvalue
+out["EventWindowEnd_ns"] = float(end.to("ns").magnitude)
+out["HitRate_Hz"] = float(taurus.Attribute(base + "/HitRate").read().rvalue.to("Hz").magnitude)
+print(json.dumps(out), flush=True)
+got = []
+def listener(src, evt_type, evt_value):
+    if evt_type == TaurusEventType.Change and evt_value is not None:
+        got.append(getattr(evt_value.rvalue, "magnitude", evt_value.rvalue))
+attr = taurus.Attribute(base + "/TotalHits")
+attr.addListener(listener)
+deadline = time.monotonic() + 15
+while len(got) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+attr.removeListener(listener)
+print(json.dumps([int(v) for v in got]), flush=True)
+"""
+
+
 @pytest.mark.timeout(90)
 def test_taurus_reads_every_attribute_and_gets_events(system, dev):
-    taurus = pytest.importorskip("taurus")
-    from taurus.core import TaurusEventType
-
+    pytest.importorskip("taurus")
     base = f"tango://{system.db.tango_host}/{DEVICE}"
     expected = {"TotThreshold": dev.TotThreshold, "EventWindowEnd": dev.EventWindowEnd,
                 "TotalHits": dev.TotalHits, "RecordingFile": dev.RecordingFile, "TrainId": -1}
     names = [a.name for a in dev.attribute_list_query()]
     assert {"HitRate", "Preview", "TofHistogram", "TofAxis", "ClusteringAlgorithm"} <= set(names)
-    for name in names:
-        reading = taurus.Attribute(f"{base}/{name}").read()
-        assert reading is not None, f"Taurus could not read {name}"
-        value = reading.rvalue
-        if name in expected:
-            v = getattr(value, "magnitude", value)
-            assert v == expected[name], name
-    # units reach Taurus as real units (pint quantities)
-    end = taurus.Attribute(f"{base}/EventWindowEnd").read().rvalue
-    assert end.to("ns").magnitude == pytest.approx(expected["EventWindowEnd"] * 1000.0)
-    assert taurus.Attribute(f"{base}/HitRate").read().rvalue.to("Hz").magnitude >= 0
-
-    got: list = []
-    attr = taurus.Attribute(f"{base}/TotalHits")
-
-    def listener(src, evt_type, evt_value):
-        if evt_type == TaurusEventType.Change and evt_value is not None:
-            got.append(getattr(evt_value.rvalue, "magnitude", evt_value.rvalue))
-
-    attr.addListener(listener)
+    client = subprocess.Popen([sys.executable, "-c", _TAURUS_CLIENT, base, ",".join(names)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        read = json.loads(client.stdout.readline() or "{}")
+        missing = [n for n in names if read.get(n) is None]
+        assert not missing, f"Taurus could not read {missing}: {client.stderr.read() if client.poll() is not None else ''}"
+        for name, value in expected.items():
+            assert read[name] == value, name
+        # units reach Taurus as real units (pint quantities)
+        assert read["EventWindowEnd_ns"] == pytest.approx(expected["EventWindowEnd"] * 1000.0)
+        assert read["HitRate_Hz"] >= 0
         dev.Start()
-        wait_until(lambda: len(got) >= 2, 10, "two Taurus change events")
+        events = json.loads(client.stdout.readline() or "[]")
+        assert len(events) >= 2, "two Taurus change events of TotalHits"
         dev.Stop()
         wait_until(lambda: dev.state() == DevState.ON, 20, "ON after Stop")
     finally:
-        attr.removeListener(listener)
+        if client.poll() is None:
+            client.kill()
+        client.wait(10)
 
 
 @pytest.mark.timeout(90)

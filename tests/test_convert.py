@@ -6,7 +6,7 @@ format notes (docs/tpx3-spidr-format.md), and against simulator ground truth.
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import signal
 import subprocess
@@ -635,26 +635,46 @@ def test_batcher_memory_stays_bounded_without_triggers_and_with_rare_triggers():
     assert len(batches) == 1 and len(batches[0].pixels) == 5000 - b.stats["outside_window"]
 
 
-@pytest.mark.timeout(60)
-def test_failing_worker_gives_clear_error_and_no_output(tmp_path, monkeypatch, capsys):
-    import tango_tpx.io.pool as conv
+def _in_fresh_interpreter(script: str, *args: str, timeout: float = 90) -> str:
+    """Run ``script`` in a new single-threaded interpreter (the fork/shared-memory path of the
+    converter's pool is taken only there; this test process runs Tango and Qt threads); its
+    stdout, or AssertionError with its stderr."""
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
-    if not conv.single_threaded():
-        pytest.skip("other threads run: workers are not forked, so they would not see the patch")
 
-    def boom(batch, state, out=None):
-        raise ValueError("boom in batch")
+_FAILING_WORKER = r"""
+import multiprocessing, sys
+from pathlib import Path
+import tango_tpx.io.pool as pool
+from tango_tpx.io.cli import main as cli_main
+from tango_tpx.io.convert import convert_file, partial_path
 
-    monkeypatch.setattr(conv, "process_batch", boom)  # forked workers inherit the patch
+assert pool.single_threaded()
+def boom(batch, state, out=None):
+    raise ValueError("boom in batch")
+pool.process_batch = boom            # forked workers inherit the patch
+src, out = sys.argv[1], Path(sys.argv[2])
+try:
+    convert_file(src, out, number_of_processes=2)
+except RuntimeError as exc:
+    assert "boom in batch" in str(exc), exc
+else:
+    raise AssertionError("no error from a failing worker")
+assert not out.exists() and not partial_path(out).exists()
+print("cli", cli_main(["convert", src, "-o", str(out), "-n", "2"]))
+assert not out.exists() and not partial_path(out).exists()
+assert not multiprocessing.active_children()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_failing_worker_gives_clear_error_and_no_output(tmp_path):
     src = write_raw(tmp_path / "s.raw", synth_words(6, 6, seed=12))
-    out = tmp_path / "o.h5"
-    with pytest.raises(RuntimeError, match="boom in batch"):
-        convert_file(src, out, number_of_processes=2)
-    assert not out.exists() and not partial_path(out).exists()
-    assert run_cli(src, "-o", out, "-n", "2") == 1
-    assert "boom in batch" in capsys.readouterr().err
-    assert not out.exists() and not partial_path(out).exists()
-    assert not multiprocessing.active_children()
+    out = _in_fresh_interpreter(_FAILING_WORKER, str(src), str(tmp_path / "o.h5"))
+    assert "cli 1" in out
 
 
 def test_single_chip_tpx3_equals_raw(tmp_path):
@@ -697,23 +717,29 @@ def test_threaded_caller_uses_a_safe_start_method(tmp_path):
         np.testing.assert_array_equal(da[path], db[path], err_msg=path)
 
 
-def test_single_threaded_caller_uses_shared_memory_slots(tmp_path, monkeypatch):
-    import tango_tpx.io.pool as conv
+_SLOTS = r"""
+import json, sys
+import tango_tpx.io.pool as pool
+from tango_tpx.io.convert import convert_file
 
-    if not conv.single_threaded():
-        pytest.skip("this test process runs other threads: the fork/shared-memory path is not used")
-    sent = {"slot": 0, "obj": 0}
-    orig = conv.Slot.fits
+assert pool.single_threaded()
+sent = {"slot": 0, "obj": 0}
+orig = pool.Slot.fits
+def fits(self, n, batch):
+    ok = orig(self, n, batch)
+    sent["slot" if ok else "obj"] += 1
+    return ok
+pool.Slot.fits = fits
+r = convert_file(sys.argv[1], sys.argv[2], number_of_processes=2, chunk_words=500, batch_hits=200)
+print(json.dumps(dict(sent, centroids=r.centroids)))
+"""
 
-    def fits(self, n, batch):
-        ok = orig(self, n, batch)
-        sent["slot" if ok else "obj"] += 1
-        return ok
 
-    monkeypatch.setattr(conv.Slot, "fits", fits)
+@pytest.mark.timeout(120)
+def test_single_threaded_caller_uses_shared_memory_slots(tmp_path):
     src = write_raw(tmp_path / "s.raw", synth_words(20, 10, seed=15))
-    r = convert_file(src, tmp_path / "o.h5", number_of_processes=2, chunk_words=500, batch_hits=200)
-    assert sent["slot"] >= 3 and sent["obj"] == 0 and r.centroids > 0
+    sent = json.loads(_in_fresh_interpreter(_SLOTS, str(src), str(tmp_path / "o.h5")).splitlines()[-1])
+    assert sent["slot"] >= 3 and sent["obj"] == 0 and sent["centroids"] > 0
 
 
 # ------------------------------------------------------------------------------------------

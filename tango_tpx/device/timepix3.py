@@ -281,6 +281,10 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
             return
         if path and self._settings["AutoConvert"]:
             self._submit_conversion(path)
+        # the final counts and images before ON: a client (a Sardana channel) reads them as
+        # soon as it sees ON, before the monitor thread's next refresh
+        self._refresh(period_end=False)
+        self._refresh_preview()
         with self._acq_lock:
             if self.get_state() in (DevState.RUNNING, DevState.MOVING):
                 self.set_state(DevState.ON)

@@ -27,18 +27,10 @@ tango = pytest.importorskip("tango")
 psutil = pytest.importorskip("psutil")
 from tango import DevFailed, DevState  # noqa: E402
 
-from tango_tpx.device.database import (  # noqa: E402
-    EmbeddedDatabase,
-    free_port,
-    register_config,
-    start_device_server,
-    stop_process_group,
-    wait_for_device,
-)
 
 from .conftest import wait_until  # noqa: E402
+from .tangosystem import DeviceSystem  # noqa: E402
 
-DEVICE = "tpx3/detector/1"
 PERIOD_S = 0.25
 #: Start/Stop cycles of the latency test and the CPU burners it runs (one per core).
 CYCLES = 50
@@ -46,32 +38,10 @@ CYCLES = 50
 COMMAND_LIMIT_S = 0.3
 
 
-class Server:
-    """Embedded database + registered server process; ``proxy`` at the default timeout."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.db = EmbeddedDatabase(workdir=tmp / "db").start()
-        self.udp_port = free_port(kind=socket.SOCK_DGRAM)
-        host, port = self.db.tango_host.split(":")
-        register_config(None, db=tango.Database(host, int(port)), overrides={DEVICE: {
-            "UdpPort": [str(self.udp_port)], "DataStreamAddress": [f"tcp://127.0.0.1:{free_port()}"], "SummaryPeriod": [str(PERIOD_S)]}})
-        self.url = f"tango://{self.db.tango_host}/{DEVICE}"
-        self.log = open(tmp / "server.log", "w")
-        self.server = start_device_server("demo", self.db.tango_host, log=self.log)
-        wait_for_device(self.url, timeout=60, proc=self.server)
-        self.proxy = tango.DeviceProxy(self.url)          # default 3 s timeout
-        assert self.proxy.get_timeout_millis() == 3000
-
-    def close(self) -> None:
-        stop_process_group(self.server, timeout=10)
-        self.db.stop()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("tpx-acq"))
+    s = DeviceSystem(tmp_path_factory.mktemp("tpx-acq"), summary_period=PERIOD_S)
+    assert s.proxy.get_timeout_millis() == 3000
     try:
         yield s
     finally:

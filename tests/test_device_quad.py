@@ -10,9 +10,7 @@ recording holds the device's event and centroid counts in all four quadrants.
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,19 +18,11 @@ import pytest
 tango = pytest.importorskip("tango")
 from tango import DevState  # noqa: E402
 
-from tango_tpx.device.database import (  # noqa: E402
-    EmbeddedDatabase,
-    free_port,
-    register_config,
-    start_device_server,
-    stop_process_group,
-    wait_for_device,
-)
 from tango_tpx.simulator import SimConfig, SpidrSimulator  # noqa: E402
 
 from .conftest import wait_until  # noqa: E402
+from .tangosystem import DeviceSystem  # noqa: E402
 
-DEVICE = "tpx3/detector/1"
 PERIOD_S = 0.25
 
 
@@ -45,26 +35,13 @@ def _quadrant_counts(image: np.ndarray) -> list[int]:
 @pytest.fixture(scope="module")
 def quad_server(tmp_path_factory):
     """(DeviceProxy at the default timeout, UDP port) of a server with ChipLayout=quad."""
-    tmp = tmp_path_factory.mktemp("tpx-quad")
-    db = EmbeddedDatabase(workdir=tmp / "db").start()
-    server = None
-    log = open(tmp / "server.log", "w")
+    s = DeviceSystem(tmp_path_factory.mktemp("tpx-quad"), summary_period=PERIOD_S,
+                     properties={"ChipLayout": ["quad"], "DataStreamAddress": ["off"]})
     try:
-        udp_port = free_port(kind=socket.SOCK_DGRAM)
-        host, port = db.tango_host.split(":")
-        register_config(None, db=tango.Database(host, int(port)), overrides={DEVICE: {
-            "UdpPort": [str(udp_port)], "ChipLayout": ["quad"], "DataStreamAddress": ["off"],
-            "SummaryPeriod": [str(PERIOD_S)]}})
-        server = start_device_server("demo", db.tango_host, log=log)
-        url = f"tango://{db.tango_host}/{DEVICE}"
-        wait_for_device(url, timeout=60, proc=server)
-        proxy = tango.DeviceProxy(url)
-        assert proxy.get_timeout_millis() == 3000
-        yield proxy, udp_port
+        assert s.proxy.get_timeout_millis() == 3000
+        yield s.proxy, s.udp_port
     finally:
-        stop_process_group(server, timeout=10)
-        db.stop()
-        log.close()
+        s.close()
 
 
 @pytest.mark.timeout(240)

@@ -8,7 +8,6 @@ runs the simulator in a thread and stops it at the end.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,56 +24,17 @@ pytest.importorskip("pyqtgraph")
 tango = pytest.importorskip("tango")
 from tango import DevState  # noqa: E402
 
-from tango_tpx.device.database import (  # noqa: E402
-    EmbeddedDatabase,
-    free_port,
-    register_config,
-    start_device_server,
-    stop_process_group,
-    wait_for_device,
-)
+from tango_tpx.device.database import free_port  # noqa: E402
 
 from .conftest import wait_until  # noqa: E402
+from .tangosystem import DEVICE, DeviceSystem  # noqa: E402
 
-DEVICE = "tpx3/detector/1"
 PERIOD_S = 0.5
-
-
-class System:
-    """Database, server process (restartable) and a proxy."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.db = EmbeddedDatabase(workdir=tmp / "db").start()
-        self.udp_port = free_port(kind=socket.SOCK_DGRAM)
-        host, port = self.db.tango_host.split(":")
-        register_config(None, db=tango.Database(host, int(port)), overrides={DEVICE: {
-            "UdpPort": [str(self.udp_port)], "DataStreamAddress": [f"tcp://127.0.0.1:{free_port()}"],
-            "SummaryPeriod": [str(PERIOD_S)]}})
-        self.url = f"tango://{self.db.tango_host}/{DEVICE}"
-        self.log = open(tmp / "server.log", "w")
-        self.server: subprocess.Popen | None = None
-        self.proxy = None
-        self.start_server()
-
-    def start_server(self) -> None:
-        self.server = start_device_server("demo", self.db.tango_host, log=self.log)
-        self.proxy = wait_for_device(self.url, timeout=60, proc=self.server)
-        self.proxy.set_timeout_millis(15000)
-
-    def stop_server(self) -> None:
-        stop_process_group(self.server, timeout=10)
-        self.server = None
-
-    def close(self) -> None:
-        self.stop_server()
-        self.db.stop()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    s = System(tmp_path_factory.mktemp("gui"))
+    s = DeviceSystem(tmp_path_factory.mktemp("gui"), summary_period=PERIOD_S, timeout_ms=15000)
     try:
         yield s
     finally:

@@ -22,18 +22,11 @@ import pytest
 tango = pytest.importorskip("tango")
 from tango import DevFailed, DevState  # noqa: E402
 
-from tango_tpx.device.database import (  # noqa: E402
-    EmbeddedDatabase,
-    free_port,
-    register_config,
-    start_device_server,
-    stop_process_group,
-    wait_for_device,
-)
+from tango_tpx.device.database import free_port  # noqa: E402
 
 from .conftest import wait_until  # noqa: E402
+from .tangosystem import DEVICE, DeviceSystem  # noqa: E402
 
-DEVICE = "tpx3/detector/1"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,45 +34,9 @@ def _udp_port() -> int:
     return free_port(kind=socket.SOCK_DGRAM)
 
 
-class System:
-    """The database, the server process and a proxy; restartable."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.db = EmbeddedDatabase(workdir=tmp / "db").start()
-        self.udp_port = _udp_port()
-        host, port = self.db.tango_host.split(":")
-        self.database = tango.Database(host, int(port))
-        register_config(None, db=self.database, overrides={DEVICE: {
-            "UdpPort": [str(self.udp_port)], "DataStreamAddress": [f"tcp://127.0.0.1:{free_port()}"],
-            "SummaryPeriod": ["0.25"]}})
-        self.url = f"tango://{self.db.tango_host}/{DEVICE}"
-        self.server: subprocess.Popen | None = None
-        self.log = open(tmp / "server.log", "w")
-        self.proxy = None
-        self.start_server()
-
-    def start_server(self) -> None:
-        self.server = start_device_server("demo", self.db.tango_host, log=self.log)
-        self.proxy = wait_for_device(self.url, timeout=60, proc=self.server)
-        self.proxy.set_timeout_millis(15000)
-
-    def stop_server(self) -> None:
-        stop_process_group(self.server, timeout=10)
-        self.server = None
-
-    def close(self) -> None:
-        self.stop_server()
-        self.db.stop()
-        self.log.close()
-
-    def server_log(self) -> str:
-        return (self.tmp / "server.log").read_text()
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    s = System(tmp_path_factory.mktemp("tango-int"))
+    s = DeviceSystem(tmp_path_factory.mktemp("tango-int"), timeout_ms=15000)
     try:
         yield s
     finally:

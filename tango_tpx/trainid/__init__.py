@@ -3,8 +3,10 @@
 * :mod:`.protocol`: frame format, :class:`FrameParser`, :class:`TrainIdLog`, side file
   (``<raw>.trainid.csv``) and HDF5 helpers (``timing/trainID/...``).
 * :mod:`.serial` / :mod:`.usb`: transports (tty/pty path; pyusb with FTDI/CP210x/CH340/PL2303).
-* :mod:`.receiver`: :class:`USBTrainID` (process), :class:`TrainIdReader` (thread),
-  :class:`SimulatedReceiver` (pty).
+* :mod:`.receiver`: :class:`USBTrainID` (process), :class:`TrainIdReader` (thread), built on
+  :mod:`.readloop` (read loop, orphan guard), :mod:`.shared` (shared-memory status and
+  counters) and :mod:`.zmqpub` (ZMQ PUB).
+* :mod:`.simreceiver`: :class:`SimulatedReceiver` (pty).
 * :mod:`.cli`: ``tango-tpx trainid-sim`` and ``tango-tpx trainid-read``.
 
 Quick start::

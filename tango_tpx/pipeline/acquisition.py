@@ -13,7 +13,7 @@ Bulk data avoids the sockets where it can (:mod:`.shmring`): the UDP receiver re
 slots of a shared-memory ring that the decoder reads in place (only the slot number
 travels over ZeroMQ), and the decoder copies ``EventData`` into slots of a second ring
 read by the centroid workers; a message that does not fit, or finds every slot in use,
-goes as ZeroMQ frames as before. Measured on the 2-core test machine (benchmarks/live.py,
+goes as ZeroMQ frames instead. Measured on the 2-core test machine (benchmarks/live.py,
 20 s steps, sender on the same machine): PixelPipeline with recording lossless at
 100 Mhits/s, CentroidPipeline with 2 workers at 20 Mhits/s.
 
@@ -24,6 +24,9 @@ end-of-stream marker, which each stage forwards after flushing; whatever has not
 3.5 s later is forced (flag, SIGTERM, SIGKILL), so :meth:`AcquisitionPipeline.stop` always
 returns within 5 s. A stage that raises reports its traceback; a stage that vanishes is
 found by its exit code; both show in :meth:`AcquisitionPipeline.fault`.
+
+Parts: :mod:`.reports` (stage reports, the receiver's command channel), :mod:`.teardown`
+(drain and stop); this module wires and starts the stages and holds the pymepix classes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import itertools
 import multiprocessing as mp
 import os
 import threading
-import time
 from typing import Any
 
 import zmq
@@ -45,18 +47,14 @@ from .collector import Collector as _Collector
 from .counters import CTRL_DRAIN, CTRL_FORCE, SharedCounters, SharedPreview
 from .messages import MessageType
 from .packetprocessor import PipelinePacketProcessor
-from .stage import AcquisitionStage
+from .reports import READY_TIMEOUT_S, StageReports
 from .shmring import MsgRing, RawRing
+from .stage import AcquisitionStage
+from .teardown import DRAIN_S, PUB_LINGER_MS, PipelineTeardown
 from .udpsampler import DEFAULT_CHUNK_BYTES, MAX_DATAGRAM, UdpSampler
 
 DATA_TYPES = frozenset({MessageType.PixelData, MessageType.TriggerData, MessageType.EventData,
                         MessageType.CentroidData})
-#: seconds start() waits for every stage to report ready (numba kernels load from cache).
-READY_TIMEOUT_S = 60.0
-#: stop(): clean-drain budget before processes are forced.
-DRAIN_S = 2.5
-#: ms the PUB socket may keep delivering queued results to viewers after stop()
-PUB_LINGER_MS = 300
 #: stage classes whose kernels this process has loaded (see BasePipelineObject.warm_up)
 _warm: set = set()
 #: slots of the shared raw ring between the UDP receiver and the decoder (each one chunk,
@@ -68,8 +66,11 @@ RAW_RING_SLOTS = 64
 MSG_RING_SLOTS = 16
 MSG_RING_SLOT_BYTES = 16 << 20
 
+__all__ = ["AcquisitionPipeline", "PixelPipeline", "CentroidPipeline", "DATA_TYPES", "READY_TIMEOUT_S",
+           "DRAIN_S", "PUB_LINGER_MS", "RAW_RING_SLOTS", "MSG_RING_SLOTS", "MSG_RING_SLOT_BYTES"]
 
-class AcquisitionPipeline:
+
+class AcquisitionPipeline(StageReports, PipelineTeardown):
     """A chain of :class:`AcquisitionStage` s run as processes (pymepix API).
 
     name: label; data_queue: where ``(MessageType, data)`` results go (anything with
@@ -269,106 +270,6 @@ class AcquisitionPipeline:
                     pass
                 raise
 
-    def _wait_ready(self) -> None:
-        pending = {id(c): (s, p) for s in self._stages for p, c in zip(s.processes, s.connections)}
-        ready: set[int] = set()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while len(ready) < len(pending):
-            self._poll_reports(0.05, ready_sink=ready)
-            if self._errors:
-                info = self._error_info[0] if self._error_info else None
-                if info is not None and info[3]:
-                    raise OSError(info[1], info[2])
-                raise RuntimeError(f"pipeline failed to start: {self._errors[0]}")
-            dead = [p for s in self._stages if s.zero_copy for p in s.processes
-                    if p.exitcode is not None and id(p) not in ready]
-            if dead:
-                self._poll_reports(0.2, ready_sink=ready)
-                if not self._errors:
-                    raise RuntimeError(f"stage {dead[0].name} exited with code {dead[0].exitcode} during start")
-            if time.monotonic() > deadline:
-                raise RuntimeError("pipeline stages did not become ready in time")
-
-    # -- reports from the stages -----------------------------------------------------------
-    def _poll_reports(self, timeout: float = 0.0, ready_sink: set | None = None) -> None:
-        from multiprocessing.connection import wait
-        with self._reports_lock:
-            conns = {}
-            for s in self._stages:
-                for p, c in zip(s.processes, s.connections):
-                    if not c.closed:
-                        conns[c] = p
-            if not conns:
-                return
-            try:
-                ready_conns = wait(list(conns), timeout)
-            except OSError:
-                return
-            for c in ready_conns:
-                p = conns[c]
-                try:
-                    while c.poll():
-                        msg = c.recv()
-                        self._handle_report(p, msg, ready_sink)
-                except (EOFError, OSError):
-                    c.close()
-
-    def _handle_report(self, p, msg: tuple, ready_sink: set | None) -> None:
-        kind, name = msg[0], msg[1]
-        if kind == "ready":
-            if ready_sink is not None:
-                ready_sink.add(id(p))
-        elif kind == "error":
-            tb = msg[2]
-            last = tb.strip().splitlines()[-1] if tb.strip() else "unknown error"
-            self._errors.append(f"stage {name} (pid {p.pid}) failed: {last}\n{tb}")
-            if len(msg) > 3:
-                self._error_info.append(msg[3])
-        elif kind == "fault":
-            self._faults.append(f"stage {name}: {msg[2]}")
-        elif kind == "reply":
-            self._replies[msg[2]] = (msg[3], msg[4])
-
-    def fault(self) -> str | None:
-        """Why the pipeline is broken (dead stage with its exception, disk full ...), or None."""
-        self._poll_reports(0.0)
-        msgs = list(self._errors) + list(self._faults)
-        if self._running and not self._stopping:
-            for s in self._stages:
-                for p in s.processes:
-                    code = p.exitcode
-                    if code is not None and (code or s.zero_copy) and \
-                            not any(f"stage {p.name} " in m for m in self._errors):
-                        msgs.append(f"stage {p.name} (pid {p.pid}) died with exit code {code}")
-        if self._collector is not None and self._collector.error:
-            msgs.append(self._collector.error)
-        return "; ".join(m.splitlines()[0] if i else m for i, m in enumerate(msgs)) if msgs else None
-
-    # -- recording ------------------------------------------------------------------------
-    def _sampler(self) -> tuple[Any, Any]:
-        s = self._stages[0]
-        return s.processes[0], s.connections[0]
-
-    def _command_sampler(self, name: str, arg: Any, timeout: float = 5.0) -> Any:
-        if not self._running or not self._stages or not self._stages[0].processes:
-            raise RuntimeError("the acquisition is not running")
-        p, conn = self._sampler()
-        cid = next(self._cid)
-        with self._reports_lock:
-            conn.send(("cmd", cid, name, arg))
-        deadline = time.monotonic() + timeout
-        while cid not in self._replies:
-            if time.monotonic() > deadline or p.exitcode is not None:
-                raise TimeoutError(f"UDP receiver did not answer {name!r} within {timeout} s")
-            self._poll_reports(0.02)
-        ok, value = self._replies.pop(cid)
-        if not ok:
-            etype, errno_, text = value
-            if etype == "FileExistsError":
-                raise FileExistsError(errno_, text)
-            raise OSError(errno_, text)
-        return value
-
     def open_file(self, path: str) -> str:
         """Start recording the raw stream to ``path`` (pymepix .raw with header); returns
         the absolute path. FileExistsError if it exists. Switching files loses no byte."""
@@ -392,78 +293,6 @@ class AcquisitionPipeline:
             self._sampler()[0]._recording_path = ""
             self.recording_file = ""
             return tuple(result)
-
-    # -- stop -----------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Drain and stop every process and socket; always returns within 5 s."""
-        with self._lock:
-            if not self._running:
-                return
-            self._stopping = True
-            self._teardown(force=False)
-
-    def _teardown(self, force: bool) -> None:
-        c = self.counters
-        t0 = time.monotonic()
-        c.ctrl[CTRL_DRAIN] = 1
-        if force:
-            c.ctrl[CTRL_FORCE] = 1
-        native = [s for s in self._stages if s.zero_copy]
-        custom = [s for s in self._stages if not s.zero_copy]
-        for s in custom:                            # sources stop on enable, the rest on None
-            for p in s.processes:
-                if force or s._input_queue is None:
-                    p.enable = False
-        deadline = t0 + (0.5 if force else DRAIN_S)
-        for s in native:
-            s.join(deadline)
-            self._poll_reports(0.0)
-        if any(s.alive() for s in native):
-            c.ctrl[CTRL_FORCE] = 1                  # stages exit at their next poll (50 ms)
-            forced = time.monotonic() + 0.3
-            for s in native:
-                s.join(forced)
-            for s in native:                        # SIGTERM, then SIGKILL
-                for p in s.alive():
-                    p.terminate()
-            killed = time.monotonic() + 0.2
-            for s in native:
-                s.join(killed)
-            for s in native:
-                s.kill(grace=0.0)
-        self._poll_reports(0.0)
-        col = self._collector
-        if col is not None:
-            col.done.wait(max(0.05, min(0.5, t0 + 4.2 - time.monotonic())))
-            col.stop_flag = True
-            col.join(1.0)
-            if col.ctx is not None and not col.is_alive():
-                col.ctx.term()
-        if custom and self._user_queue is not None and col is None:
-            self._user_queue.put(None)              # the collector never ran
-        custom_end = t0 + (1.0 if force else 4.2)
-        for i, s in enumerate(custom):
-            if not s.join(custom_end):
-                s.kill(grace=0.2)
-            if i + 1 < len(custom):
-                s.outputQueue.put(None)             # pymepix's end marker for the next stage
-        if self._pub is not None:
-            self._pub.close(linger=PUB_LINGER_MS)    # let connected viewers get the tail
-            self._pub_ctx.term()
-            self._pub, self._pub_ctx = None, None
-        for s in self._stages:
-            s.release()
-        for ring in self._rings:
-            ring.close()
-        self._rings = []
-        self._user_queue = None
-        if self._run_dir:
-            transport.remove_run_dir(self._run_dir)
-            self._run_dir = None
-        c.ctrl[CTRL_DRAIN] = 0
-        c.ctrl[CTRL_FORCE] = 0
-        self.recording_file = ""
-        self._running = False
 
     def set_longtime(self, ticks_25ns: int) -> None:
         """Re-anchor the decoder's time extension on a 48-bit global time (25 ns ticks),

@@ -55,6 +55,7 @@ import time
 import numba
 import numpy as np
 
+from tango_tpx.device.database import free_port
 from tango_tpx.pipeline.acquisition import CentroidPipeline, PixelPipeline
 from tango_tpx.pipeline.messages import MessageType
 from tango_tpx.pipeline.udpsampler import open_udp_socket
@@ -253,14 +254,6 @@ def proc_udp_drops(port: int) -> int:
     return -1
 
 
-def free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def start_sender(port, stream, rate, duration, max_bytes=0):
     words, hits, d_ticks, d_count = stream
     q = mp.Queue()
@@ -277,7 +270,7 @@ def finish_sender(p, q, duration):
 
 
 def trial_baseline(stream, rate, duration):
-    port = free_port()
+    port = free_port(kind=socket.SOCK_DGRAM)
     ready, stop, q = mp.Event(), mp.Event(), mp.Queue()
     r = mp.Process(target=baseline_receiver, args=(port, ready, stop, q), daemon=True)
     r.start()
@@ -418,7 +411,7 @@ def _cpu_figures(cpu: dict, hits: int, secs: float, sender_cpu_s: float) -> dict
 
 
 def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir, stall_s: float = 5.0):
-    port = free_port()
+    port = free_port(kind=socket.SOCK_DGRAM)
     pipe = _make_pipe(kind, port)
     pipe.start()
     path = None
@@ -464,7 +457,7 @@ def trial_capacity(kind, stream, burst_bytes, tmpdir, tries: int = 3, deliver: b
     ``mhits`` = hits / drain time)."""
     fill = FILL
     for attempt in range(tries):
-        port = free_port()
+        port = free_port(kind=socket.SOCK_DGRAM)
         consumer = QueueConsumer() if deliver else None
         if consumer:
             consumer.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -14,13 +15,21 @@ needs_captures = pytest.mark.skipif(not (CAPTURES / "out_5sec.raw").exists(),
                                     reason=f"real SPIDR captures not found in {CAPTURES}")
 
 
-def wait_until(pred, timeout: float, what: str, period: float = 0.05):
-    """Poll ``pred()`` until it returns something truthy (returned) or ``timeout`` s pass
-    (AssertionError naming ``what``)."""
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, period: float = 0.02) -> Any:
+    """Poll ``cond()`` every ``period`` s until it returns something truthy or ``timeout`` s
+    pass; returns its last value (for ``assert wait_for(...)``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        v = pred()
+        v = cond()
         if v:
             return v
         time.sleep(period)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return cond()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, period: float = 0.05) -> Any:
+    """:func:`wait_for` that raises AssertionError naming ``what`` when ``timeout`` s pass."""
+    v = wait_for(pred, timeout, period)
+    if not v:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return v

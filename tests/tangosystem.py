@@ -18,7 +18,16 @@ from tango_tpx.device.database import (
     wait_for_device,
 )
 
+from .conftest import wait_for
+
 DEVICE = "tpx3/detector/1"
+
+
+def wait_state(proxy: tango.DeviceProxy, state: tango.DevState, timeout: float = 30.0) -> None:
+    """Poll ``proxy.state()`` until it is ``state``; AssertionError after ``timeout`` s, naming
+    the state and status then."""
+    if not wait_for(lambda: proxy.state() == state, timeout, 0.05):
+        raise AssertionError(f"state {proxy.state()} != {state} after {timeout} s; status: {proxy.status()}")
 
 
 class DeviceSystem:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,22 +16,13 @@ pytest.importorskip("tango")
 
 from tango_tpx.device.database import stop_process_group  # noqa: E402
 
+from .test_pipeline_helpers import pid_alive  # noqa: E402
+
 
 def _demo(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tango_tpx.cli", "demo", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _pids(text: str) -> dict[str, int]:
@@ -73,7 +63,7 @@ def test_demo_runs_records_converts_and_cleans_up(tmp_path):
     pids = _pids(out)
     assert set(pids) == {"db", "server"}, out
     for name, pid in pids.items():
-        assert not _alive(pid), f"{name} (pid {pid}) still running"
+        assert not pid_alive(pid), f"{name} (pid {pid}) still running"
 
 
 @pytest.mark.timeout(120)
@@ -92,7 +82,7 @@ def test_demo_sigterm_stops_everything(tmp_path):
         text = "".join(lines)
         pids = _pids(text)
         assert set(pids) == {"db", "server"}, text
-        assert all(_alive(p) for p in pids.values())
+        assert all(pid_alive(p) for p in pids.values())
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=40)
     finally:
@@ -100,4 +90,4 @@ def test_demo_sigterm_stops_everything(tmp_path):
     assert proc.returncode == 130, text + rest
     assert "interrupted, stopping everything" in rest
     for name, pid in pids.items():
-        assert not _alive(pid), f"{name} (pid {pid}) left running"
+        assert not pid_alive(pid), f"{name} (pid {pid}) left running"

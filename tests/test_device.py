@@ -33,6 +33,7 @@ from tango_tpx.tpx3.encode import encode_pixels, encode_tdc, quantize_pixel_toa,
 from tango_tpx.tpx3.units import ns_to_units  # noqa: E402
 
 from .conftest import wait_until  # noqa: E402
+from .tangosystem import wait_state  # noqa: E402
 
 PERIOD_S = 0.25
 
@@ -91,17 +92,8 @@ def udp_port() -> int:
 @pytest.fixture
 def device(udp_port):
     with _context(UdpPort=udp_port) as proxy:
-        _wait_state(proxy, DevState.ON, 60)   # armed in the background after start-up
+        wait_state(proxy, DevState.ON, 60)   # armed in the background after start-up
         yield proxy
-
-
-def _wait_state(proxy, state, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proxy.state() == state:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"state {proxy.state()} != {state}; status: {proxy.status()}")
 
 
 @pytest.mark.timeout(60)
@@ -248,7 +240,7 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         with pytest.raises(DevFailed) as err:
             d.Start()
         assert "Start is not allowed in state MOVING" in _desc(err.value)
-        _wait_state(d, DevState.ON, 60)
+        wait_state(d, DevState.ON, 60)
         d.Start()
         assert d.state() == DevState.RUNNING
         assert "RUNNING" in d.status() and f"127.0.0.1:{udp_port}" in d.status()
@@ -292,7 +284,7 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
 
         d.Stop()
         assert d.state() in (DevState.MOVING, DevState.ON)
-        _wait_state(d, DevState.ON)
+        wait_state(d, DevState.ON)
         # hits 0..1 ms after a trigger are events (the last one is flushed by Stop)
         wait_until(lambda: d.TotalEvents == n_events, 10, f"{n_events} events, got {d.TotalEvents}")
         d.ResetCounters()
@@ -311,7 +303,7 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
 def test_open_file_rules(device, tmp_path, udp_port):
     d = device
     d.Centroiding = False
-    _wait_state(d, DevState.ON, 60)
+    wait_state(d, DevState.ON, 60)
     d.Start()
     with pytest.raises(DevFailed) as err:
         d.OpenFile("run1.raw")
@@ -352,7 +344,7 @@ def test_open_file_rules(device, tmp_path, udp_port):
     sub.mkdir()
     assert d.OpenFile(str(sub / "abs.raw")) == str(sub.resolve() / "abs.raw")
     d.Stop()  # closes the recording
-    _wait_state(d, DevState.ON)
+    wait_state(d, DevState.ON)
     assert d.RecordingFile == ""
     d.CloseFile()  # harmless when nothing is recorded
 
@@ -367,10 +359,10 @@ def test_stage_fault_goes_to_fault_and_init_recovers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(controller_module.AcquisitionController, "fault", fault)
     with _context() as d:
-        _wait_state(d, DevState.ON, 60)
+        wait_state(d, DevState.ON, 60)
         d.Start()
         flag.write_text("stage 'PacketProcessor' died: ZeroDivisionError: division by zero")
-        _wait_state(d, DevState.FAULT)
+        wait_state(d, DevState.FAULT)
         assert "stage 'PacketProcessor' died: ZeroDivisionError" in d.status()
         assert "Init" in d.status()
         with pytest.raises(DevFailed) as err:
@@ -382,12 +374,12 @@ def test_stage_fault_goes_to_fault_and_init_recovers(tmp_path, monkeypatch):
         flag.unlink()
         d.TotThreshold = 7
         d.Init()
-        _wait_state(d, DevState.ON, 60)
+        wait_state(d, DevState.ON, 60)
         assert d.TotThreshold == 7  # settings survive Init
         d.Start()
         assert d.state() == DevState.RUNNING
         d.Stop()
-        _wait_state(d, DevState.ON)
+        wait_state(d, DevState.ON)
 
 
 @pytest.mark.timeout(60)
@@ -399,7 +391,7 @@ def test_fault_on_busy_udp_port_names_port(udp_port):
     try:
         assert holder.stdout.readline().strip() == "bound"
         with _context(UdpPort=udp_port) as d:
-            _wait_state(d, DevState.FAULT, 60)
+            wait_state(d, DevState.FAULT, 60)
             assert f"127.0.0.1:{udp_port}" in d.status()
             with pytest.raises(DevFailed) as err:
                 d.Start()
@@ -407,11 +399,11 @@ def test_fault_on_busy_udp_port_names_port(udp_port):
             holder.kill()
             holder.wait(10)
             d.Init()
-            _wait_state(d, DevState.ON, 60)
+            wait_state(d, DevState.ON, 60)
             d.Start()
             assert d.state() == DevState.RUNNING
             d.Stop()
-            _wait_state(d, DevState.ON)
+            wait_state(d, DevState.ON)
     finally:
         holder.kill()
         holder.wait(10)
@@ -439,5 +431,5 @@ def test_unusable_train_id_source_gives_fault_naming_property():
 @pytest.mark.timeout(60)
 def test_quad_layout_preview_shape():
     with _context(ChipLayout="quad") as d:
-        _wait_state(d, DevState.ON, 60)
+        wait_state(d, DevState.ON, 60)
         assert d.Preview.shape == (516, 516)

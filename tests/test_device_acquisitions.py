@@ -29,7 +29,7 @@ from tango import DevFailed, DevState  # noqa: E402
 
 
 from .conftest import wait_until  # noqa: E402
-from .tangosystem import DeviceSystem  # noqa: E402
+from .tangosystem import DeviceSystem, wait_state  # noqa: E402
 
 PERIOD_S = 0.25
 #: Start/Stop cycles of the latency test and the CPU burners it runs (one per core).
@@ -46,10 +46,6 @@ def server(tmp_path_factory):
         yield s
     finally:
         s.close()
-
-
-def wait_state(d, state, timeout: float = 30.0) -> None:
-    wait_until(lambda: d.state() == state, timeout, f"state {state} (now {d.state()}: {d.status()})")
 
 
 @pytest.fixture

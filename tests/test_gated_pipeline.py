@@ -17,8 +17,9 @@ from tango_tpx.simulator import SimConfig, simulate
 from tango_tpx.tpx3.codec import Decoder
 from tango_tpx.tpx3.files import iter_words
 
+from .conftest import wait_for
 from .test_pipeline_faults import _FullDiskWriter
-from .test_pipeline_helpers import child_pids, free_udp_port, send_datagrams, split, wait_for
+from .test_pipeline_helpers import child_pids, free_udp_port, send_datagrams, split
 
 
 def _run(ctl: AcquisitionController, results: list, words: np.ndarray, port: int, **begin) -> object:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +27,7 @@ from tango_tpx.device.database import free_port  # noqa: E402
 
 from .conftest import wait_until  # noqa: E402
 from .tangosystem import DEVICE, DeviceSystem  # noqa: E402
+from .test_pipeline_helpers import pid_alive  # noqa: E402
 
 PERIOD_S = 0.5
 
@@ -337,12 +337,7 @@ def test_demo_gui_screenshot_runs_the_system_and_stops_it(tmp_path):
     m = re.search(r"server pid (\d+), database pid (\d+)", r.stdout)
     assert m, r.stdout
     for pid in map(int, m.groups()):  # nothing left behind
-        try:
-            os.kill(pid, 0)
-            alive = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-        except (ProcessLookupError, FileNotFoundError):
-            alive = False
-        assert not alive, pid
+        assert not pid_alive(pid), pid
 
 
 @pytest.mark.timeout(30)
@@ -356,7 +351,7 @@ def test_widgets_of_attributes_the_device_lacks_are_disabled_with_a_reason(app):
     w = TpxWindow("tango://127.0.0.1:1/a/b/c")  # never started: no connection is tried
     try:
         assert not w.tof.start.isEnabled() and "not connected" in w.tof.start.toolTip()
-        # a device with the older interface: no acquisition settings, no AcquisitionImage, no Roi
+        # a device without the acquisition settings, AcquisitionImage and Roi attributes
         attrs = {a.name.lower(): a for a in (info("EventWindowStart"), info("EventWindowEnd"),
                                               info("TotalHits", writable=False), info("Preview", False, True))}
         w.link.connected.emit(attrs)

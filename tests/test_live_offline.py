@@ -33,7 +33,8 @@ from tango_tpx.simulator import SimConfig, SpidrSimulator
 from tango_tpx.tpx3.files import RawFileWriter, Tpx3FileWriter, inspect_file
 from tango_tpx.tpx3.units import UNIT_NS
 
-from .test_pipeline_helpers import drain, free_udp_port, send_datagrams, wait_for
+from .conftest import wait_for
+from .test_pipeline_helpers import drain, free_udp_port, send_datagrams
 
 #: ToF window of both paths (s, inclusive): one trigger period at 1 kHz.
 WINDOW = (0.0, 1e-3)

@@ -19,8 +19,8 @@ from tango_tpx.tpx3.encode import encode_global_time, encode_pixels
 from tango_tpx.tpx3.hits import PixelHits, Triggers
 from tango_tpx.tpx3.units import UNIT_NS
 
-from .test_pipeline_helpers import (CAPTURES, drain, free_udp_port, random_words, send_datagrams,
-                                   split, wait_for)
+from .conftest import CAPTURES, wait_for
+from .test_pipeline_helpers import drain, free_udp_port, random_words, send_datagrams, split
 
 
 @pytest.fixture(scope="module")

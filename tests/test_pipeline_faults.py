@@ -20,8 +20,8 @@ from tango_tpx.pipeline.controller import AcquisitionController
 from tango_tpx.pipeline.packetprocessor import PipelinePacketProcessor
 from tango_tpx.simulator import SimConfig, simulate
 
-from .test_pipeline_helpers import (child_pids, free_udp_port, open_fds, pid_alive, send_datagrams,
-                                    split, wait_for)
+from .conftest import wait_for
+from .test_pipeline_helpers import child_pids, free_udp_port, open_fds, pid_alive, send_datagrams, split
 
 
 @pytest.mark.timeout(120)
@@ -156,15 +156,13 @@ def test_disk_full_while_recording_is_a_fault_and_keeps_written_data(monkeypatch
 def test_children_exit_when_the_parent_is_killed():
     port = free_udp_port()
     script = textwrap.dedent(f"""
-        import os, sys, time
+        import time
         from tango_tpx.pipeline.controller import AcquisitionController
+        from tests.test_pipeline_helpers import child_pids
         ctl = AcquisitionController(udp_port={port})
         ctl.centroiding = True
         ctl.start()
-        kids = []
-        for tid in os.listdir('/proc/self/task'):
-            kids += open(f'/proc/self/task/{{tid}}/children').read().split()
-        print(' '.join(kids), flush=True)
+        print(' '.join(map(str, sorted(child_pids()))), flush=True)
         time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,

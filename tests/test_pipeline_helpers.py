@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable
 
 import numpy as np
 
 from tango_tpx.device.database import free_port
-
-from .conftest import CAPTURES  # noqa: F401 - re-exported for the pipeline tests
 
 
 def free_udp_port() -> int:
@@ -36,15 +33,6 @@ def send_datagrams(port: int, payloads: list[bytes] | list[memoryview], pause_ev
 
 def split(data: bytes, size: int = 8192) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, period: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(period)
-    return cond()
 
 
 def drain(q) -> list:
@@ -81,9 +69,10 @@ def child_pids(pid: int | None = None) -> set[int]:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is neither a zombie nor dead (from /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
 

@@ -20,7 +20,8 @@ from tango_tpx.simulator import SimConfig, simulate
 from tango_tpx.simulator.udpsend import BatchSender
 from tango_tpx.tpx3.hits import PixelHits
 
-from .test_pipeline_helpers import drain, free_udp_port, send_datagrams, split, wait_for
+from .conftest import wait_for
+from .test_pipeline_helpers import drain, free_udp_port, send_datagrams, split
 
 
 # ---- DirectRawFileWriter ----------------------------------------------------------------------

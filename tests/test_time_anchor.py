@@ -18,7 +18,8 @@ from tango_tpx.tpx3.encode import TPX3_MAGIC
 from tango_tpx.tpx3.files import RawFileWriter, Tpx3FileWriter
 from tango_tpx.tpx3.units import UNIT_NS
 
-from .test_pipeline_helpers import free_udp_port, wait_for
+from .conftest import wait_for
+from .test_pipeline_helpers import free_udp_port
 
 #: the detector clock starts 0.69 s before the second 30-bit rollover (53.69 s); global-time
 #: pairs at 53, 54 and 55 s

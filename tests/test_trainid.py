@@ -22,7 +22,8 @@ from tango_tpx.trainid.serial import SerialTransport
 from tango_tpx.trainid.usb import (UsbTransport, ftdi_baud_divisor, parse_usb_source,
                                    strip_ftdi_status)
 
-from .test_pipeline_helpers import wait_for
+from .conftest import wait_for
+from .test_pipeline_helpers import pid_alive
 
 # Hand-computed: bytes 00 00 00 00 12 34 56 78 | 00 00 AB CD;
 # 12^34 = 26, 26^56 = 70, 70^78 = 08, 08^AB = A3, A3^CD = 6E.
@@ -436,14 +437,6 @@ ORPHAN_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.timeout(20)
 def test_usbtrainid_child_exits_when_parent_dies(tmp_path: Path):
     missing = tmp_path / "no-such-tty"
@@ -453,7 +446,7 @@ def test_usbtrainid_child_exits_when_parent_dies(tmp_path: Path):
     pid_s, status = out.stdout.strip().split(" ", 1)
     assert status.startswith("disconnected: ") and "no-such-tty" in status
     pid = int(pid_s)
-    assert wait_for(lambda: not _pid_running(pid), 3), f"orphan train-ID process {pid} still running"
+    assert wait_for(lambda: not pid_alive(pid), 3), f"orphan train-ID process {pid} still running"
 
 
 def test_bad_sources_rejected():

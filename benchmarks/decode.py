@@ -13,8 +13,6 @@ import json
 import os
 import time
 
-import numpy as np
-
 
 def _best(fn, repeat: int) -> float:
     best = float("inf")

@@ -334,7 +334,7 @@ class PixelPipeline(AcquisitionPipeline):
         self.layout = layout
         self.preview_period_s = preview_period_s
         self.timewalk_lut = timewalk_lut
-        self.addStage(0, UdpSampler, address, longtime, flush_timeout=flush_timeout,
+        self.addStage(0, UdpSampler, address, flush_timeout=flush_timeout,
                       chunk_bytes=chunk_bytes, rcvbuf_bytes=rcvbuf_bytes)
         self.addStage(2, PipelinePacketProcessor)
         self._reconfigureProcessor()

@@ -83,7 +83,7 @@ class AcquisitionStage:
         """Queue mode: the queue this stage's processes push to (pymepix)."""
         return self._output_queue
 
-    def build(self, input_queue: Any = None, output_queue: Any = None, file_writer: Any = None) -> None:
+    def build(self, input_queue: Any = None, output_queue: Any = None) -> None:
         """Create (not start) the processes.
 
         Zero-copy stages get their endpoints from :attr:`wirings` (``input_queue`` and

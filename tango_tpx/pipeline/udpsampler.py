@@ -104,8 +104,7 @@ class _Buffer:
 class UdpSampler(BasePipelineObject):
     """Source stage: UDP receiver, chunker and recorder.
 
-    address: (host, port) to bind; longtime: pymepix's parameter, read by the decode stage
-    (the receiver does not decode); chunk_size: max datagrams per chunk; flush_timeout: s after
+    address: (host, port) to bind; chunk_size: max datagrams per chunk; flush_timeout: s after
     the first datagram of a chunk before it is handed off anyway; chunk_bytes: max bytes
     per chunk; rcvbuf_bytes: receive buffer to request.
     """
@@ -114,14 +113,13 @@ class UdpSampler(BasePipelineObject):
     #: receives into the shared raw ring when the next stage accepts it (see :mod:`.shmring`)
     uses_raw_ring = True
 
-    def __init__(self, address: tuple[str, int], longtime: Any = None, chunk_size: int = 10000,
+    def __init__(self, address: tuple[str, int], chunk_size: int = 10000,
                  flush_timeout: float = 0.3, input_queue=None, create_output: bool = True,
                  num_outputs: int = 1, shared_output=None, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  rcvbuf_bytes: int = DEFAULT_RCVBUF, name: str = "UdpSampler", **kwargs: Any) -> None:
         super().__init__(name, input_queue=None, create_output=create_output, num_outputs=num_outputs,
                          shared_output=shared_output, **kwargs)
         self.address = (str(address[0]), int(address[1]))
-        self.longtime = longtime
         self.chunk_size = max(1, int(chunk_size))
         self.flush_timeout = float(flush_timeout)
         self.chunk_bytes = max(MAX_DATAGRAM, int(chunk_bytes))

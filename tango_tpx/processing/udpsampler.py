@@ -5,8 +5,9 @@ The receiver is tango-tpx's zero-copy UDP stage
 hand-off without copies, lossless recording off the receive path). Parameters mean what
 they mean in pymepix: a chunk is handed on once it holds more than ``chunk_size`` x 8192
 bytes (capped at ``chunk_bytes``, default 4 MiB, the size of the receive buffers; at least
-64 KiB) or ``flush_timeout`` s after its first datagram. ``longtime`` is read by the decode
-stage (see :mod:`.pipeline_packet_processor`).
+64 KiB) or ``flush_timeout`` s after its first datagram. ``longtime`` is accepted for pymepix's
+signature; the receiver does not decode, the decode stage takes it (see
+:mod:`.pipeline_packet_processor`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class UdpSampler(_ZeroCopyReceiver):
             raise ValueError(f"chunk_size must be >= 1 (units of {CHUNK_UNIT_BYTES} bytes), got {chunk_size!r}")
         self.pymepix_chunk_size = int(chunk_size)
         handoff = max(MAX_DATAGRAM, min(int(chunk_size) * CHUNK_UNIT_BYTES, int(chunk_bytes)))
-        super().__init__(address, longtime, _NO_DATAGRAM_LIMIT, flush_timeout, input_queue, create_output,
+        super().__init__(address, _NO_DATAGRAM_LIMIT, flush_timeout, input_queue, create_output,
                          num_outputs, shared_output, chunk_bytes=handoff, **kwargs)
 
     def create_socket_connection(self, address: tuple[str, int]):

@@ -178,15 +178,3 @@ class StreamOutputs:
         if truth_path is not None and not counts["stopped"]:
             Truth.concat(truths).save(truth_path, c)
         return counts
-
-    @staticmethod
-    def _sendto(sock: socket.socket, data, addr) -> None:
-        while True:
-            try:
-                sock.sendto(data, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                time.sleep(0.0005)
-            except ConnectionRefusedError:
-                # an ICMP 'port unreachable' from an earlier datagram: nobody listens yet, keep going
-                return

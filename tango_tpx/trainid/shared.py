@@ -1,5 +1,5 @@
 """Status string, int64 counters and a stop flag in lock-free shared memory, readable from any
-process; the counter names both train-ID readers share."""
+process; the counter names and the queue drain both train-ID readers share."""
 
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ Both real SPIDR captures and two seeded simulator files (single chip ``.raw``, 2
   stream is cut into many batches), a finite event window and a time-walk table;
 * the live event builder (:class:`tango_tpx.processing.events.PacketProcessor` fed decoded
   chunks of several sizes, centroids by :func:`~tango_tpx.processing.centroids.calculate_centroids`
-  per released output).
+  per released output);
+* the pymepix-compatible ``PacketProcessor`` (raw chunks with their longtime), with and
+  without a time-walk table (pixels and events corrected alike).
 
 Each output is reduced to a sha256 digest of its decoded values (every HDF5 dataset's
 ``tobytes()`` in name order, plus the file's ``word_counts`` and ``processing_stats``; for the
@@ -201,3 +203,51 @@ def test_live_event_builder_output_is_pinned(inputs, name, variant):
     got = {c: live_digest(inputs, name, variant, c) for c in LIVE_CHUNKS}
     assert len(set(got.values())) == 1, f"the live output depends on the chunk size: {got}"
     assert got[LIVE_CHUNKS[0]] == LIVE_DIGESTS[(name, variant)]
+
+
+#: pymepix-path digests: (input, variant) -> sha256.
+PYMEPIX_DIGESTS = {
+    ("capture_5s", "default"):
+        "22aa1e471170d6e385c348ca2f07e168d1997deb1cc358f28391754161e1ce09",
+    ("capture_5s", "timewalk"):
+        "47858ad888eec75f5697663cfffe854d791237e036a786685469d5a72cf9248d",
+    ("sim_single", "default"):
+        "b41f87888902018fcfde8fd4faf3427f05671c39961686c117dba9e230409c85",
+    ("sim_single", "timewalk"):
+        "f00cfb6a2344fb488f933c4e1c56532634103f433a08cff8c31b155ea51b3377",
+}
+
+
+def pymepix_digest(inputs: dict[str, Path], name: str, variant: str, chunk_words: int = 20_000) -> str:
+    """Digest of the pymepix ``PacketProcessor`` (raw chunks + 8-byte longtime in, pixel,
+    event, timestamp and trigger tuples out), with or without a time-walk table."""
+    from tango_tpx.processing.logic.packet_processor import PacketProcessor
+    from tango_tpx.tpx3.codec import last_global_time
+    from tango_tpx.tpx3.files import iter_words
+
+    lut = np.load(inputs["timewalk"]) if variant == "timewalk" else None
+    pp = PacketProcessor(event_window=(0.0, 1e-3), timewalk_lut=lut)
+    h = hashlib.sha256()
+    longtime = 0
+
+    def update(out) -> None:
+        for item in out:
+            for a in (item if isinstance(item, (tuple, list)) else (item,)):
+                if a is None:
+                    h.update(b"-")
+                else:
+                    a = np.ascontiguousarray(a)
+                    h.update(f"{a.dtype.str}:{a.shape}".encode())
+                    h.update(a.tobytes())
+
+    for words in iter_words(inputs[name], chunk_words=chunk_words):
+        longtime = max(longtime, last_global_time(words))
+        update(pp.process(np.ascontiguousarray(words).tobytes() + np.uint64(longtime).tobytes()))
+    update(pp.post_process())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("variant", ["default", "timewalk"])
+@pytest.mark.parametrize("name", ["capture_5s", "sim_single"])
+def test_pymepix_packet_processor_output_is_pinned(inputs, name, variant):
+    assert pymepix_digest(inputs, name, variant) == PYMEPIX_DIGESTS[(name, variant)]

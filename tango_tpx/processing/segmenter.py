@@ -3,19 +3,16 @@
 Units: times (ToA, trigger times, time of flight, windows, reorder window) are int64 fine
 units of 25/4096 ns (:mod:`tango_tpx.tpx3.units`) unless a name says ``_s`` or ``_ns``.
 
-The rules, each in one place here:
-
 * **time-walk**: a pixel's ToA is corrected by the table (ns per ToT bin,
-  :mod:`tango_tpx.processing.timewalk`) once, when it enters the :class:`Segmenter`;
-* **time order**: pixels are ordered by corrected ToA, stably (pixels of equal ToA keep
-  their arrival order) (:func:`time_order`);
+  :mod:`.timewalk`) once, when it enters the :class:`Segmenter`;
+* **time order**: by corrected ToA, stable (equal ToAs keep arrival order) (:mod:`.timeorder`);
 * **trigger assignment**: a pixel belongs to the last trigger (TDC rising edge of the
   trigger channel) at or before its ToA; ``tof = toa - trigger_time`` (:func:`segment_events`);
 * **event window**: only ``window[0] <= tof <= window[1]`` is kept, both edges inclusive;
 * **watermark and completeness**: the watermark is the newest time seen (pixels and
   triggers) minus the reorder window; an event is complete once the watermark has passed
-  its window end or its successor trigger (:func:`emit_boundary`). The emit boundary is the
-  time below which every event is complete; pixels at or after it are held back;
+  its window end or its successor trigger; pixels at or after the emit boundary (below it
+  every event is complete, :func:`emit_boundary`) are held back;
 * **late data**: a pixel arriving below a boundary already emitted is dropped and counted
   (``late_pixels``); a trigger older than the newest kept trigger too (``late_triggers``).
 
@@ -35,6 +32,7 @@ import numpy as np
 
 from ..tpx3.hits import PixelHits, Triggers, _SoA
 from ..tpx3.units import s_to_units
+from .timeorder import time_order
 
 #: "No limit" in fine units (an open window end; a final release).
 INF = np.iinfo(np.int64).max
@@ -96,99 +94,6 @@ def apply_timewalk(px: PixelHits, lut: np.ndarray | None) -> PixelHits:
     from .timewalk import correct_pixel_toa
 
     return PixelHits(px.x, px.y, correct_pixel_toa(px.toa, px.tot, lut), px.tot, px.chip)
-
-
-# ---- time order ------------------------------------------------------------------------------
-_RADIX_BITS = 12
-_RADIX_MAX_PASSES = 3
-
-
-@numba.njit(cache=True, nogil=True)
-def _radix_order(t: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Stable LSD radix argsort of int64 times by 12-bit digits of ``t - min``.
-
-    Pixel ToAs are multiples of 256 fine units (1.5625 ns), so the key drops those 8 bits
-    when all times allow it. Returns (order, True), or (undefined, False) when the key
-    needs more than three passes (a chunk spanning more than ~107 s of pixel time).
-    """
-    n = t.shape[0]
-    order = np.empty(n, np.int64)
-    lo = t[0]
-    hi = t[0]
-    is_sorted = True
-    low_bits = 0
-    for i in range(n):
-        v = t[i]
-        if i > 0 and v < t[i - 1]:
-            is_sorted = False
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
-        low_bits |= v
-    if is_sorted:
-        for i in range(n):
-            order[i] = i
-        return order, True
-    shift = 8 if (low_bits & 255) == 0 else 0
-    span = (hi - lo) >> shift
-    npass = 0
-    while span > 0:
-        span >>= _RADIX_BITS
-        npass += 1
-    if npass > _RADIX_MAX_PASSES:
-        return order, False
-    key = np.empty(n, np.int64)
-    key2 = np.empty(n, np.int64)
-    order2 = np.empty(n, np.int64)
-    for i in range(n):
-        key[i] = (t[i] - lo) >> shift
-        order[i] = i
-    mask = (1 << _RADIX_BITS) - 1
-    count = np.empty(1 << _RADIX_BITS, np.int64)
-    for p in range(npass):
-        s = p * _RADIX_BITS
-        count[:] = 0
-        for i in range(n):
-            count[(key[i] >> s) & mask] += 1
-        total = 0
-        for d in range(1 << _RADIX_BITS):
-            c = count[d]
-            count[d] = total
-            total += c
-        for i in range(n):
-            k = key[i]
-            d = (k >> s) & mask
-            pos = count[d]
-            count[d] = pos + 1
-            key2[pos] = k
-            order2[pos] = order[i]
-        key, key2 = key2, key
-        order, order2 = order2, order
-    return order, True
-
-
-def time_order(t: np.ndarray) -> np.ndarray:
-    """Stable argsort of int64 times (fine units).
-
-    Linear-time radix sort (at most three passes; ~20 % faster than a comparison sort on
-    SPIDR readout order); falls back to numpy's stable sort of packed (time, index) keys
-    for times spanning too long.
-    """
-    n = len(t)
-    if n < 2:
-        return np.arange(n, dtype=np.int64)
-    order, ok = _radix_order(t)
-    if ok:
-        return order
-    lo = int(t.min())
-    span = int(t.max()) - lo
-    ibits = max(1, (n - 1).bit_length())
-    if span.bit_length() + ibits <= 62:
-        key = ((t - lo) << ibits) | np.arange(n, dtype=np.int64)
-        key.sort(kind="stable")
-        return key & ((1 << ibits) - 1)
-    return np.argsort(t, kind="stable")
 
 
 # ---- held-back pixels: pieces in arrival order, split at a boundary --------------------------

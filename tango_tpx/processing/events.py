@@ -67,7 +67,7 @@ class PacketProcessor:
                       "lost_tdc_edges": 0, "late_pixels": 0, "late_triggers": 0,
                       "before_first_trigger": 0, "outside_window": 0}
         self._seg = Segmenter(window_units(event_window), int(ns_to_units(reorder_window_ns)),
-                              timewalk_lut, trigger_channel, stats=self.stats)
+                              timewalk_lut, trigger_channel, presort=True, stats=self.stats)
         self.event_window = event_window
 
     # -- configuration ------------------------------------------------------------------

@@ -122,6 +122,24 @@ def _copy_split(toa, x, y, tot, chip, cut, lt, o_toa, o_x, o_y, o_tot, o_chip, p
     return pos
 
 
+@numba.njit(cache=True, nogil=True)
+def _merge_gather(hx, hy, ht, htot, hc, nx, ny, nt, ntot, nc, order, ox, oy, ot, otot, oc):
+    """Merge held pixels (in time order) with new pixels taken in ``order`` (time order
+    through it) into the output columns; stable (held first on equal times)."""
+    nh = ht.shape[0]
+    nn = order.shape[0]
+    i = 0
+    j = 0
+    for k in range(nh + nn):
+        if j < nn and (i >= nh or nt[order[j]] < ht[i]):
+            s = order[j]
+            ox[k], oy[k], ot[k], otot[k], oc[k] = nx[s], ny[s], nt[s], ntot[s], nc[s]
+            j += 1
+        else:
+            ox[k], oy[k], ot[k], otot[k], oc[k] = hx[i], hy[i], ht[i], htot[i], hc[i]
+            i += 1
+
+
 def _new_columns(n: int) -> dict[str, np.ndarray]:
     return {"toa": np.empty(n, np.int64), "x": np.empty(n, np.uint16), "y": np.empty(n, np.uint16),
             "tot": np.empty(n, np.uint16), "chip": np.empty(n, np.uint8)}
@@ -151,7 +169,8 @@ class Segment:
     time-walk corrected ToA, fine units), ``n`` of them; they are gathered only where they
     go (a shared-memory slot, or new arrays): one copy. trig_time: int64 fine units of the
     trigger rising edges at or before the segment's pixels (the first may be the open
-    trigger of the segment before); first_nr: global number of ``trig_time[0]``.
+    trigger of the segment before); first_nr: global number of ``trig_time[0]``; ordered:
+    the pixels are already in time order (one piece).
     """
 
     pieces: list
@@ -159,6 +178,7 @@ class Segment:
     first_nr: int
     n: int
     cut: int = INF
+    ordered: bool = False
 
     @classmethod
     def of(cls, pixels: PixelHits, trig_time: np.ndarray, first_nr: int) -> "Segment":
@@ -174,7 +194,7 @@ class Segment:
         """The same segment with its pixels in one array set (for pickling)."""
         if len(self.pieces) == 1 and self.cut == INF:
             return self
-        return Segment.of(self.pixels, self.trig_time, self.first_nr)
+        return Segment([self.pixels], self.trig_time, self.first_nr, self.n, INF, self.ordered)
 
     @property
     def n_pixels(self) -> int:
@@ -183,17 +203,17 @@ class Segment:
 
 # ---- trigger assignment and the event window ---------------------------------------------------
 @numba.njit(cache=True, nogil=True)
-def _assign(toa, x, y, tot, order, trig, nr0, lo, hi, o_nr, o_x, o_y, o_tof, o_tot, o_toa):
-    """Walk the pixels in time ``order`` and the sorted trigger times together; write the
-    in-window events. Returns (events written, pixels before the first trigger, pixels
-    outside the window)."""
+def _assign(toa, x, y, tot, order, use_order, trig, nr0, lo, hi, o_nr, o_x, o_y, o_tof, o_tot, o_toa):
+    """Walk the pixels in time ``order`` (``use_order`` False: they are in time order) and
+    the sorted trigger times together; write the in-window events. Returns (events written,
+    pixels before the first trigger, pixels outside the window)."""
     nt = trig.shape[0]
     j = -1
     n = 0
     before = 0
     outside = 0
-    for k in range(order.shape[0]):
-        i = order[k]
+    for k in range(toa.shape[0]):
+        i = order[k] if use_order else k
         t = toa[i]
         while j + 1 < nt and trig[j + 1] <= t:
             j += 1
@@ -214,6 +234,9 @@ def _assign(toa, x, y, tot, order, trig, nr0, lo, hi, o_nr, o_x, o_y, o_tof, o_t
     return n, before, outside
 
 
+_NO_ORDER = np.zeros(0, np.int64)
+
+
 def segment_events(segment: Segment, window: tuple[int, int]) -> tuple[Events, int, int]:
     """The events of one segment: its pixels in time order, each assigned to the last
     trigger at or before it, kept when ``window[0] <= tof <= window[1]`` (fine units).
@@ -224,7 +247,8 @@ def segment_events(segment: Segment, window: tuple[int, int]) -> tuple[Events, i
                 np.empty(m, np.int64), np.empty(m, np.uint16), np.empty(m, np.int64))
     if not m:
         return ev, 0, 0
-    n, before, outside = _assign(px.toa, px.x, px.y, px.tot, time_order(px.toa),
+    order = _NO_ORDER if segment.ordered else time_order(px.toa)
+    n, before, outside = _assign(px.toa, px.x, px.y, px.tot, order, not segment.ordered,
                                  np.ascontiguousarray(segment.trig_time, np.int64), int(segment.first_nr),
                                  int(window[0]), int(window[1]), *ev.as_dict().values())
     if n != m:
@@ -262,6 +286,9 @@ class Segmenter:
     timewalk_lut: time-walk table (ns per ToT bin) applied to every pixel's ToA on entry.
     trigger_channel: TDC channel whose rising edges are the triggers (1 or 2).
     min_pixels: :meth:`release` emits nothing (but on ``final``) while fewer pixels are held.
+    presort: keep the held pixels in time order (each chunk sorted and merged on entry; the
+        segments come out ordered: the live path, one process); otherwise they are held in
+        arrival order and sorted by :func:`segment_events` (the converter, in its workers).
     stats: the dict to count in (shared with the caller); missing keys are added.
 
     Counts: triggers, lost_triggers (from gaps of the 12-bit TDC counter; a falling edge per
@@ -270,12 +297,14 @@ class Segmenter:
     """
 
     def __init__(self, window: tuple[int, int], slack: int, timewalk_lut: np.ndarray | None = None,
-                 trigger_channel: int = 1, min_pixels: int = 0, stats: dict | None = None):
+                 trigger_channel: int = 1, min_pixels: int = 0, presort: bool = False,
+                 stats: dict | None = None):
         self.window = (int(window[0]), int(window[1]))
         self.slack = int(slack)
         self.timewalk_lut = None if timewalk_lut is None else np.asarray(timewalk_lut, np.float64)
         self.trigger_channel = int(trigger_channel)
         self.min_pixels = int(min_pixels)
+        self.presort = bool(presort)
         self.stats = {} if stats is None else stats
         for k in ("pixels_in", "triggers", "lost_triggers", "lost_tdc_edges", "late_pixels", "late_triggers"):
             self.stats.setdefault(k, 0)
@@ -352,8 +381,17 @@ class Segmenter:
                 px = px.take(~late)
                 if not len(px):
                     return
-        self._newest = max(self._newest, int(px.toa.max()))
-        self._pieces.append(px)
+        if self.presort:
+            order = time_order(px.toa)
+            self._newest = max(self._newest, int(px.toa[order[-1]]))
+            held = self._pieces[0] if self._pieces else PixelHits.empty()
+            c = _new_columns(len(held) + len(px))
+            _merge_gather(held.x, held.y, held.toa, held.tot, held.chip, px.x, px.y, px.toa, px.tot, px.chip,
+                          order, c["x"], c["y"], c["toa"], c["tot"], c["chip"])
+            self._pieces = [PixelHits(c["x"], c["y"], c["toa"], c["tot"], c["chip"])]
+        else:
+            self._newest = max(self._newest, int(px.toa.max()))
+            self._pieces.append(px)
         self._n += len(px)
 
     # -- release -----------------------------------------------------------------------------
@@ -372,23 +410,26 @@ class Segmenter:
         self._emitted_to = b
         tt, nr0 = self._trig_time, self._trig_nr0
         seg_trig = tt if b == INF else tt[:int(np.searchsorted(tt, b, side="left"))]
-        pieces, n_out, rest = self._pieces, 0, []
+        pieces, n_out, rest, cut = self._pieces, 0, [], b
         if b == INF:
             n_out = self._n
+        elif self.presort:
+            if pieces:
+                n_out = int(np.searchsorted(pieces[0].toa, b, side="left"))
+                pieces, rest, cut = [pieces[0].take(slice(0, n_out))], [pieces[0].take(slice(n_out, None))], INF
         else:
             for p in pieces:
                 m = count_before(p.toa, b)
                 n_out += m
                 if m < len(p):
-                    r = p if m == 0 else self._split_rest(p, b, len(p) - m)
-                    rest.append(r)
-        self._pieces, self._n = rest, sum(len(r) for r in rest)
+                    rest.append(p if m == 0 else self._split_rest(p, b, len(p) - m))
+        self._pieces, self._n = [r for r in rest if len(r)], sum(len(r) for r in rest)
         if len(tt) > 1 and b != INF:   # forget triggers that can no longer collect (keep the open one)
             k = int(np.searchsorted(tt, b, side="right")) - 1
             if k > 0:
                 self._trig_time = tt[k:]
                 self._trig_nr0 += k
-        return Segment(pieces, seg_trig, nr0, n_out, b) if n_out else None
+        return Segment(pieces, seg_trig, nr0, n_out, cut, self.presort) if n_out else None
 
     @staticmethod
     def _split_rest(p: PixelHits, b: int, r: int) -> PixelHits:

@@ -606,33 +606,48 @@ def test_batched_events_equal_sequential_packet_processor(tmp_path, window):
         assert r.processing[k] == pp.stats[k], k
 
 
-def test_batcher_memory_stays_bounded_without_triggers_and_with_rare_triggers():
-    from tango_tpx.io.batching import Batcher as _Batcher
-    from tango_tpx.tpx3.hits import PixelHits
+def test_converter_segmenter_memory_stays_bounded_without_triggers_and_with_rare_triggers():
+    from tango_tpx.io.batching import process_batch
+    from tango_tpx.processing.segmenter import INF, Segmenter
+    from tango_tpx.tpx3.hits import PixelHits, Triggers
 
     slack = 4096 * 40 * 1000  # 1 ms
     step = 4096 * 40          # one pixel per us
-    # no trigger at all: pixels older than the reorder window are dropped as before_first_trigger
-    b = _Batcher(batch_hits=100, slack_units=slack, window_units=(0, None))
-    for k in range(50):
+    state = {"window_units": (0, INF), "calc": None}
+
+    def pixels(k: int) -> PixelHits:
         t = (np.arange(100) + 100 * k) * step
-        b.add(PixelHits(np.zeros(100, np.uint16), np.zeros(100, np.uint16), t, np.ones(100, np.uint16),
-                        np.zeros(100, np.uint8)), np.zeros(0, np.int64), np.zeros(0, np.int64))
-        assert b.cut() == []
-        assert b.n <= 100 + 1000 + 100  # batch_hits + reorder window (1000 us) + one chunk
-    assert b.stats["before_first_trigger"] == 5000 - b.n
-    # one trigger, window 500 us: pixels past its window end are dropped as outside_window
-    b = _Batcher(batch_hits=100, slack_units=slack, window_units=(0, 500 * step))
-    b.add(PixelHits.empty(), np.array([0], np.int64), np.array([0], np.int64))
+        return PixelHits(np.zeros(100, np.uint16), np.zeros(100, np.uint16), t, np.ones(100, np.uint16),
+                         np.zeros(100, np.uint8))
+
+    # no trigger at all: pixels older than the reorder window go out in batches of no event
+    s = Segmenter((0, INF), slack, min_pixels=100)
+    before = 0
     for k in range(50):
-        t = (np.arange(100) + 100 * k) * step
-        b.add(PixelHits(np.zeros(100, np.uint16), np.zeros(100, np.uint16), t, np.ones(100, np.uint16),
-                        np.zeros(100, np.uint8)), np.zeros(0, np.int64), np.zeros(0, np.int64))
-        b.cut()
-        assert b.n <= 501 + 1000 + 100
-    assert b.stats["outside_window"] == 5000 - b.n
-    batches = b.cut(final=True)
-    assert len(batches) == 1 and len(batches[0].pixels) == 5000 - b.stats["outside_window"]
+        s.add_pixels(pixels(k))
+        batch = s.release()
+        if batch is not None:
+            r = process_batch(batch, state)
+            assert len(r.raw["x"]) == 0
+            before += r.stats["before_first_trigger"]
+        assert s.held_pixels <= 100 + 1000 + 100  # batch_hits + reorder window (1000 us) + one chunk
+    assert before == 5000 - s.held_pixels
+    # one trigger, window 500 us: pixels past its window end go out (outside the window)
+    state["window_units"] = (0, 500 * step)
+    s = Segmenter((0, 500 * step), slack, min_pixels=100)
+    s.add_triggers(Triggers(np.ones(1, np.uint8), np.ones(1, np.bool_), np.zeros(1, np.int64),
+                            np.zeros(1, np.uint16), np.zeros(1, np.uint8)))
+    events = outside = 0
+    for k in range(50):
+        s.add_pixels(pixels(k))
+        batch = s.release()
+        if batch is not None:
+            r = process_batch(batch, state)
+            events, outside = events + len(r.raw["x"]), outside + r.stats["outside_window"]
+        assert s.held_pixels <= 501 + 1000 + 100
+    r = process_batch(s.release(final=True), state)
+    events, outside = events + len(r.raw["x"]), outside + r.stats["outside_window"]
+    assert events == 501 and outside == 5000 - 501 and s.held_pixels == 0
 
 
 def _in_fresh_interpreter(script: str, *args: str, timeout: float = 90) -> str:

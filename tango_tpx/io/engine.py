@@ -4,16 +4,17 @@ Data flow (one pass, streaming)::
 
     calling process                                         worker processes (N >= 2)
     iter_words -> Decoder -+-> TDC edges ------------------> triggers/trigger{1,2}/time
-                           +-> PacketProcessor (triggers) -> timing/timepix/*
-                           +-> pixels -> Batcher: trigger-aligned batches
-                                          --(shared memory)--> PacketProcessor (events)
+                           +-> Segmenter: triggers ----> timing/timepix/*
+                           +-> pixels -> Segmenter: batches of whole events
+                                          --(shared memory)--> segment_events
                                                                + CentroidCalculator
                               raw/*, centroided/*  <--(shared memory, in order)--
 
 Everything sequential lives in a :class:`StreamState`: the decoder (time-extension epoch,
-global-time anchor, .tpx3 chip), the trigger numbering (next trigger number, TDC counters
-for lost-trigger counting) and the batcher (pending pixels of open events, triggers not yet
-cut, the last cut, the newest time seen). :func:`run_range` continues a state over the words
+global-time anchor, .tpx3 chip) and the :class:`~tango_tpx.processing.segmenter.Segmenter`
+(trigger numbering and TDC counters for lost-trigger counting, the held-back pixels of open
+events, the open triggers, the last boundary released, the newest time seen; time-walk is
+applied to the pixels there). :func:`run_range` continues a state over the words
 ``[start, stop)`` of a file; with ``final`` it also releases the last, open batch. So a
 conversion may be cut at any multiple of the read chunk into ranges that run one after the
 other (appending inputs to a run) or, from states recorded by a cheap pre-scan
@@ -23,7 +24,6 @@ pass, bit for bit, because the batches are the same.
 
 from __future__ import annotations
 
-import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tango_tpx.io.batching import PIXEL_STATS, Batcher, BatchResult
+from tango_tpx.io.batching import PIXEL_STATS, BatchResult
 
 #: Words read and decoded per step (8 MiB).
 DEFAULT_CHUNK_WORDS = 1 << 20
@@ -77,18 +77,19 @@ class StreamState:
         """``source``: the file the stream starts with; the decoder is anchored on its first
         global-time pair, so a recording taken up mid-stream past the 26.8 s rollover decodes
         in its true epoch (a file without any pair decodes from epoch 0)."""
-        from tango_tpx.processing import events as events_mod
+        from tango_tpx.processing.events import DEFAULT_REORDER_WINDOW_NS
+        from tango_tpx.processing.segmenter import Segmenter, window_units
         from tango_tpx.tpx3.codec import Decoder, first_global_time
         from tango_tpx.tpx3.files import map_words
 
         self.decoder = Decoder(framing=params.framing, layout=params.layout)
         if source is not None:
             self.decoder.anchor(first_global_time(map_words(source), params.framing))
-        # triggers are numbered (and lost ones counted) here, in stream order
-        self.trig_pp = events_mod.PacketProcessor(event_window=params.window)
-        slack = int(round(events_mod.DEFAULT_REORDER_WINDOW_NS * 4096 / 25))
-        hi = None if not math.isfinite(params.window[1]) else int(round(params.window[1] * 1e9 * 4096 / 25))
-        self.batcher = Batcher(params.batch_hits, slack, (0, hi))
+        # triggers are numbered (and lost ones counted) here, in stream order; batches of
+        # at least batch_hits pixels of whole events are cut here
+        slack = int(round(DEFAULT_REORDER_WINDOW_NS * 4096 / 25))
+        self.segmenter = Segmenter(window_units(params.window), slack, params.tw_lut,
+                                   min_pixels=max(1, int(params.batch_hits)))
 
     def dumps(self) -> bytes:
         """The state as bytes (pickle; the pending pixels are most of it)."""
@@ -106,11 +107,11 @@ class StreamState:
         """(word counts, processing statistics) of everything run through this state so far;
         ``pixel_stats``: the summed per-batch statistics of the workers, ``hits`` the
         pixels decoded."""
-        proc = {k: int(v) for k, v in self.trig_pp.stats.items() if k not in PIXEL_STATS}
+        seg = self.segmenter.stats
+        proc = {k: int(seg[k]) for k in ("triggers", "lost_triggers", "lost_tdc_edges", "late_triggers")}
         proc.update({k: int(pixel_stats.get(k, 0)) for k in PIXEL_STATS})
         proc["pixels_in"] = int(hits)
-        for k, v in self.batcher.stats.items():
-            proc[k] += int(v)
+        proc["late_pixels"] += int(seg["late_pixels"])
         return self.decoder.counts.as_dict(), proc
 
 
@@ -146,39 +147,33 @@ def run_range(params: EngineParams, state: StreamState, path: str | Path, start_
     after every chunk. ``start_word`` must be a multiple of ``params.chunk_words`` for the
     batches to be those of one pass.
     """
-    from tango_tpx.tpx3.codec import Decoded
     from tango_tpx.tpx3.files import iter_words
-    from tango_tpx.tpx3.hits import PixelHits
 
-    if params.tw_lut is not None:
-        from tango_tpx.processing.timewalk import correct_pixel_toa
     counts = RangeCounts() if workers is None else workers.counts
-    dec, trig_pp, batcher = state.decoder, state.trig_pp, state.batcher
+    dec, seg = state.decoder, state.segmenter
     for words in iter_words(path, chunk_words=params.chunk_words, start_word=start_word, stop_word=stop_word):
         decoded = dec.decode(words)
         counts.words += len(words)
         px, tr = decoded.pixels, decoded.triggers
         counts.hits += len(px)
         counts.trigger_edges += len(tr)
-        table = trig_pp.process(Decoded(PixelHits.empty(), tr, decoded.counts)).triggers
+        table = seg.add_triggers(tr)
         counts.triggers += len(table)
         if writer is not None:
             writer.append_triggers(tr)
             writer.append_trigger_table(table, start_time_ns=params.start_time_ns)
-        if params.tw_lut is not None and len(px):
-            px = PixelHits(px.x, px.y, correct_pixel_toa(px.toa, px.tot, params.tw_lut), px.tot, px.chip)
-        batcher.add(px, table.time, table.trigger_nr)
-        for batch in batcher.cut():
-            if workers is not None:
-                workers.submit(batch)
+        seg.add_pixels(px)
+        batch = seg.release()
+        if batch is not None and workers is not None:
+            workers.submit(batch)
         if workers is not None:
             workers.collect_ready()
         if tick is not None:
             tick(counts.words, counts)
     if final:
-        for batch in batcher.cut(final=True):
-            if workers is not None:
-                workers.submit(batch)
+        batch = seg.release(final=True)
+        if batch is not None and workers is not None:
+            workers.submit(batch)
     if workers is not None:
         workers.drain()
     return counts

@@ -28,6 +28,7 @@ scaled its table by 1e3); events are never split or lost at chunk edges.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import multiprocessing as mp
 from enum import IntEnum
 from typing import Any
@@ -36,7 +37,7 @@ import numpy as np
 
 from ...tpx3.codec import Decoder
 from ..events import PacketProcessor as _EventBuilder
-from ..events import _window_units
+from ..segmenter import apply_timewalk, window_units
 from ..shapes import event_tuple, pixel_tuple, trigger_edges_s
 
 
@@ -92,7 +93,7 @@ class PacketProcessor:
     @event_window.setter
     def event_window(self, window: tuple[float, float]) -> None:
         lo, hi = float(window[0]), float(window[1])
-        _window_units((lo, hi))          # ValueError for a bad window
+        window_units((lo, hi))           # ValueError for a bad window
         self._window[0], self._window[1] = lo, hi
 
     @property
@@ -111,7 +112,7 @@ class PacketProcessor:
     # -- processing ----------------------------------------------------------------------
     def _event_builder(self) -> _EventBuilder:
         if self._events is None:
-            self._events = _EventBuilder(self.event_window, self.timewalk_lut)
+            self._events = _EventBuilder(self.event_window)   # gets time-walk corrected pixels
         elif self._events.event_window != self.event_window:
             self._events.event_window = self.event_window
         return self._events
@@ -151,18 +152,13 @@ class PacketProcessor:
         dec = self._decoder.decode(words)
         if not len(words):
             return None, None, None, None
-        px = dec.pixels
-        pixel_data = None
-        if len(px):
-            if self.timewalk_lut is not None:
-                from ..timewalk import correct_pixel_toa
-                px = type(px)(px.x, px.y, correct_pixel_toa(px.toa, px.tot, self.timewalk_lut), px.tot, px.chip)
-            pixel_data = self._orient(pixel_tuple(px), 0)
+        px = apply_timewalk(dec.pixels, self.timewalk_lut)
+        pixel_data = self._orient(pixel_tuple(px), 0) if len(px) else None
         t1, t2 = trigger_edges_s(dec.triggers)
         triggers = [t1 if len(t1) else None, t2 if len(t2) else None]
         event_data = timestamps = None
         if self.handle_events:
-            out = self._event_builder().process(dec)
+            out = self._event_builder().process(dataclasses.replace(dec, pixels=px))
             if len(out.events):
                 event_data = self._orient(event_tuple(out.events), 1)
             timestamps = self._timestamps(out.triggers)

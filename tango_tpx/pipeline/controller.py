@@ -149,7 +149,7 @@ class AcquisitionController:
         address = (self.udp_host, self.udp_port)
         if armed:
             common.update(live=self.live, acq_preview=self._acq_preview)
-            self.set_live(event_window=(lo, hi), tot_threshold=int(self.tot_threshold))
+            self.set_live(event_window=(lo, hi), tot_threshold=int(self.tot_threshold), algorithm=algo)
         if self.centroiding:
             return (ArmedCentroidPipeline if armed else CentroidPipeline)(self.data_queue, address, self._longtime, num_processes=n,
                                     dbscan_clustering=(algo == "dbscan"), tot_threshold=int(self.tot_threshold),

@@ -345,10 +345,14 @@ class TimeWalk:
         return hash((self.pixel_file, self.centroid_file))
 
     def to_attrs(self) -> dict[str, Any]:
-        return {"timewalk_file": self.pixel_file, "cent_timewalk_file": self.centroid_file,
-                "timewalk_lut": np.zeros(0) if self.pixel_lut is None else self.pixel_lut,
-                "cent_timewalk_lut": np.zeros(0) if self.centroid_lut is None else self.centroid_lut,
-                "timewalk_unit": "ns per ToT bin (lut[i] for ToT = (i + 1) * 25 ns)"}
+        """File names, the tables that are set (``timewalk_lut``, ``cent_timewalk_lut``) and their unit."""
+        out: dict[str, Any] = {"timewalk_file": self.pixel_file, "cent_timewalk_file": self.centroid_file,
+                               "timewalk_unit": "ns per ToT bin (lut[i] for ToT = (i + 1) * 25 ns)"}
+        if self.pixel_lut is not None:
+            out["timewalk_lut"] = self.pixel_lut
+        if self.centroid_lut is not None:
+            out["cent_timewalk_lut"] = self.centroid_lut
+        return out
 
     @classmethod
     def from_attrs(cls, attrs: Any) -> "TimeWalk":

@@ -32,7 +32,7 @@ from tango import DevState
 from tango.server import Device, device_property
 
 from ..pipeline.series import BackgroundConverter, hdf5_path_for
-from ..processing.settings import ClusteringConfig, EventWindow
+from ..processing.settings import ClusteringConfig, DetectorLayout, EventWindow
 from .commands import Commands
 from .monitor import Monitor
 from .results import ARRAY_ATTRIBUTES, SUMMARY_ATTRIBUTES, ResultAttributes, empty_snapshot
@@ -128,8 +128,10 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         self._pushed_settings: dict[str, Any] = {}
 
         try:
-            if self._layout not in ("single", "quad"):
-                raise ValueError(f"ChipLayout property must be 'single' or 'quad', not {self.ChipLayout!r}")
+            try:
+                DetectorLayout(self._layout)
+            except ValueError as exc:
+                raise ValueError(f"ChipLayout property {str(exc).removeprefix('layout ')}") from None
             if not 0 < int(self.UdpPort) < 65536:
                 raise ValueError(f"UdpPort property must be 1..65535, not {self.UdpPort}")
             self._controller = self._new_controller()

@@ -273,8 +273,8 @@ class DetectorLayout:
     def __post_init__(self) -> None:
         name = str(self.layout).strip().lower() if isinstance(self.layout, str) else self.layout
         if name not in FRAME_SIZE_PX:
-            raise ValueError(f"layout must be 'single' (one chip, 256 x 256 px) or 'quad' "
-                             f"(2x2 chips, 516 x 516 px), got {self.layout!r}")
+            raise ValueError(f"layout must be 'single' or 'quad' (one chip, 256 x 256 px, or 2x2 chips, "
+                             f"516 x 516 px), got {self.layout!r}")
         _set(self, layout=name)
 
     @classmethod

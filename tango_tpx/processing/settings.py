@@ -240,7 +240,7 @@ class EventWindow:
     @classmethod
     def from_ns(cls, start_ns: float, end_ns: float) -> "EventWindow":
         """From ns."""
-        return cls(float(start_ns) * 1e-9, float(end_ns) * 1e-9)
+        return cls(float(start_ns) / 1e9, float(end_ns) / 1e9)
 
     @property
     def start_ns(self) -> float:

@@ -151,8 +151,7 @@ class AcquisitionController(TypedSettings):
         address = (self.udp_host, self.udp_port)
         if armed:
             common.update(live=self.live, acq_preview=self._acq_preview)
-            self.set_live(window=self._window, clustering=self.live_values.clustering.with_(
-                algorithm=cl.algorithm, tot_threshold=cl.tot_threshold))
+            self.set_live(window=self._window, clustering=cl)
         if self.centroiding:
             calc = dict(dbscan_clustering=(cl.algorithm == "dbscan"), tot_threshold=cl.tot_threshold,
                         cent_timewalk_lut=self.cent_timewalk_lut)
@@ -206,12 +205,14 @@ class AcquisitionController(TypedSettings):
     def set_live(self, **changes: Any) -> int:
         """Change live settings (:meth:`~.livesettings.LiveValues.with_`: ``window``,
         ``clustering``, ``roi`` or single fields such as ``radius``); an armed pipeline applies
-        them at its next chunk. Returns the new settings version (every output chunk says
-        which version made it). ValueError names a bad value."""
+        them at its next chunk; they are also the :attr:`window` and :attr:`clustering` of the
+        next arm / start. Returns the new settings version (every output chunk says which
+        version made it). ValueError names a bad value."""
         with self._live_lock:
             values = self.live_values.with_(**changes)
             version = self.live.publish(values)
             self.live_values = values
+            self._window, self._clustering = values.window, values.clustering
             return version
 
     def acquisition_preview(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

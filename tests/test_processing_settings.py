@@ -77,7 +77,16 @@ def _events() -> Events:
     return Events(trig, x, y, tof, tot, tof)
 
 
-def test_a_registered_backend_plugs_in_without_edits_elsewhere():
+def _raw_file(tmp_path):
+    words, _ = SpidrSimulator(SimConfig(rate_mhits=0.2, duration_s=0.05, seed=3)).simulate()
+    src = tmp_path / "s.raw"
+    with RawFileWriter(src, time_ns=1) as f:
+        f.write(words)
+    return src
+
+
+@pytest.mark.timeout(120)
+def test_a_registered_backend_plugs_in_without_edits_elsewhere(tmp_path):
     calls = []
 
     def one_per_trigger(arrays, config, tw_units) -> Centroids:
@@ -90,6 +99,14 @@ def test_a_registered_backend_plugs_in_without_edits_elsewhere():
 
     register_clustering("first-hit", ClusteringBackend(one_per_trigger, 1, "test backend"))
     try:
+        # the converter runs it too: one centroid per trigger with events
+        src, out = _raw_file(tmp_path), tmp_path / "first-hit.h5"
+        convert_file(src, out, clustering=ClusteringConfig(algorithm="first-hit"), event_window=(0.0, 1e-3))
+        with h5py.File(out, "r") as f:
+            assert f.attrs["clustering_algorithm"] == "first-hit"
+            trig = f["centroided/trigger nr"][()]
+            assert np.array_equal(trig, np.unique(f["raw/trigger nr"][()])) and trig.size > 10
+        calls.clear()
         assert "first-hit" in clustering_keys()
         cfg = ClusteringConfig(algorithm="first-hit", radius=4)
         cents = calculate_centroids(_events(), cfg)
@@ -130,10 +147,7 @@ def test_queue_messages_stay_pymepix_pairs_and_say_the_settings_version():
 
 @pytest.mark.timeout(120)
 def test_conversion_attributes_come_from_the_settings_objects(tmp_path):
-    words, _ = SpidrSimulator(SimConfig(rate_mhits=0.2, duration_s=0.05, seed=3)).simulate()
-    src = tmp_path / "s.raw"
-    with RawFileWriter(src, time_ns=1) as f:
-        f.write(words)
+    src = _raw_file(tmp_path)
     lut = tmp_path / "cent.npy"
     np.save(lut, np.linspace(5.0, 0.0, 50))
     cfg = ClusteringConfig(radius=2, time_window_ns=300.0, tot_threshold=1)

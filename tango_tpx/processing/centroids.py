@@ -364,6 +364,18 @@ def calculate_centroids(events, algorithm: "str | ClusteringConfig" = "fast", to
     return _run_sorted(arrays, params)
 
 
+class RegisteredCalculator:
+    """``process(events) -> Centroids`` with one :class:`~.settings.ClusteringConfig` (any
+    registered backend) and an optional centroid time-walk table (ns per ToT bin)."""
+
+    def __init__(self, config: ClusteringConfig, cent_timewalk_lut=None) -> None:
+        self.params = _make_params(config, None, None, None, None, cent_timewalk_lut, None, None, None)
+
+    def process(self, events) -> Centroids:
+        arrays = _sorted_arrays(events)
+        return _run_sorted(arrays, self.params) if arrays[3].size else Centroids.empty()
+
+
 # ----------------------------------------------------------------------------------------
 # pymepix-style calculator with a process pool
 # ----------------------------------------------------------------------------------------

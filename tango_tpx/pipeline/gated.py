@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..processing.centroids import calculate_centroids
+from ..processing.centroids import RegisteredCalculator
 from ..processing.events import PacketProcessor
 from ..processing.settings import ClusteringConfig
 from ..tpx3.codec import Decoder, last_global_time
@@ -393,18 +393,19 @@ class GatedCentroidCalculator(PipelineCentroidCalculator):
         super().pre_run()
         self._live_gen = -1
         self._roi = (0.0, 0.0, 1e9, 1e9, 0.0, 1e12)
-        self._cl_cache: dict[int, ClusteringConfig] = {}
+        self._cl_cache: dict[int, RegisteredCalculator] = {}
 
-    def _clustering_of(self, meta: dict) -> ClusteringConfig | None:
+    def _calculator_of(self, meta: dict) -> RegisteredCalculator | None:
+        """The calculator of the chunk's settings version (None: the chunk carries none)."""
         attrs = meta.get(META_CLUSTERING)
         if attrs is None:
             return None
         sv = int(meta.get(META_SETTINGS_VERSION, -1))
-        cfg = self._cl_cache.get(sv)
-        if cfg is None:
-            cfg = ClusteringConfig.from_attrs(attrs)
-            self._cl_cache = {sv: cfg}                  # versions only grow: keep the latest
-        return cfg
+        calc = self._cl_cache.get(sv)
+        if calc is None:
+            calc = RegisteredCalculator(ClusteringConfig.from_attrs(attrs), self.centroid_calculator.cent_timewalk_lut)
+            self._cl_cache = {sv: calc}                 # versions only grow: keep the latest
+        return calc
 
     def process(self, data_type=None, data=None):
         if data_type != MessageType.EventData:
@@ -413,13 +414,8 @@ class GatedCentroidCalculator(PipelineCentroidCalculator):
             self._live_gen, v = self.live.read()
             self._roi = v.roi
         meta = self.current_meta
-        cfg = self._clustering_of(meta)
         w = self.wiring
-        calc = self.centroid_calculator
-        if cfg is None:
-            cents = calc.process(data)
-        else:
-            cents = calculate_centroids(data, cfg, cent_timewalk_lut=calc.cent_timewalk_lut)
+        cents = (self._calculator_of(meta) or self.centroid_calculator).process(data)
         n_roi = int(np.count_nonzero(roi_mask(cents.x, cents.y, cents.tof, self._roi))) if len(cents) else 0
         w.counters.worker_add(w.worker_index, "roi_centroids", n_roi)
         w.counters.worker_add(w.worker_index, "hits_in", len(data))

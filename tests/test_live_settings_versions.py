@@ -7,7 +7,7 @@ device runs it), recorded to a raw file while it runs. The stream is sent in fou
 between two parts a new event window and clustering radius (and time window) are
 published, three changes in all. This is done twice, once with centroiding off (the events
 reach ``data_queue``) and once on (the centroids reach it: a centroid pipeline's events feed
-its workers only).
+its workers only); the ZMQ live stream is listened to as well.
 
 Afterwards: every hit sent was decoded once (lossless), the two recordings hold the same
 words as the stream, and for each settings version seen the recording is converted offline
@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import queue
 import socket
+import threading
 import time
 
 import numpy as np
 import pytest
+import zmq
 
 from tango_tpx.io.convert import convert_file
 from tango_tpx.io.hdf5 import centroids_columns, events_columns, read_table
 from tango_tpx.pipeline.controller import AcquisitionController
-from tango_tpx.pipeline.messages import MessageType, QueueMessage
+from tango_tpx.device.database import free_port
+from tango_tpx.pipeline.messages import MessageType, QueueMessage, decode_frames
 from tango_tpx.processing.settings import ClusteringConfig, EventWindow
 from tango_tpx.simulator import SimConfig, SpidrSimulator
 from tango_tpx.tpx3.files import map_words
@@ -148,15 +151,37 @@ def test_settings_changed_while_running_make_chunks_equal_to_offline_with_their_
     words, truth = sim.simulate()
     payloads = [bytes(d) for d in sim.datagrams(words)]
     q: queue.Queue = queue.Queue()
-    ctl = AcquisitionController(udp_port=free_udp_port(), data_queue=q)
+    stream = f"tcp://127.0.0.1:{free_port()}"
+    ctl = AcquisitionController(udp_port=free_udp_port(), data_queue=q, stream_address=stream)
     runs = {}
+    # the ZMQ live stream: the settings version of each message is in its header
+    streamed: list[tuple[bytes, int]] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        with zmq.Context() as zctx, zctx.socket(zmq.SUB) as sub:
+            sub.connect(stream)
+            for topic in (b"EventData", b"CentroidData"):
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
+            while not stop.is_set():
+                if sub.poll(50):
+                    frames = sub.recv_multipart()
+                    streamed.append((frames[0], decode_frames(frames[1:])[3].get("sv")))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
     try:
         for centroiding in (False, True):
             ctl.centroiding = centroiding
             rec = tmp_path / f"live-{int(centroiding)}.raw"
             runs[centroiding] = (_acquire(ctl, q, payloads, str(rec)), rec)
     finally:
+        stop.set()
+        listener.join(5.0)
         ctl.close()
+    all_versions = set(runs[False][0][2]) | set(runs[True][0][2])
+    assert {t for t, _ in streamed} == {b"EventData", b"CentroidData"}
+    assert all(v in all_versions for _, v in streamed), {v for _, v in streamed}
 
     cache: dict = {}
     for centroiding, ((msgs, counts, versions), rec) in runs.items():

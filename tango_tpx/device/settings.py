@@ -49,10 +49,16 @@ ROI_DEFAULT: tuple[float, ...] = (0.0, 0.0, 515.0, 515.0, 0.0, EVENT_WINDOW_MAX_
 
 
 class ClusteringAlgorithm(enum.IntEnum):
-    """Centroiding algorithm: ``fast`` (numba connected components) or ``dbscan``."""
+    """Centroiding algorithm: ``fast`` (numba connected components) or ``dbscan``. Each
+    member's name is its key in the clustering registry (:mod:`tango_tpx.processing.settings`)."""
 
     fast = 0
     dbscan = 1
+
+    @property
+    def key(self) -> str:
+        """The clustering registry key."""
+        return self.name
 
 
 #: defaults of every setting (values written by clients survive Init)

@@ -32,6 +32,7 @@ from tango import DevState
 from tango.server import Device, device_property
 
 from ..pipeline.series import BackgroundConverter, hdf5_path_for
+from ..processing.settings import ClusteringConfig, DetectorLayout, EventWindow
 from .commands import Commands
 from .monitor import Monitor
 from .results import ARRAY_ATTRIBUTES, SUMMARY_ATTRIBUTES, ResultAttributes, empty_snapshot
@@ -127,8 +128,10 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         self._pushed_settings: dict[str, Any] = {}
 
         try:
-            if self._layout not in ("single", "quad"):
-                raise ValueError(f"ChipLayout property must be 'single' or 'quad', not {self.ChipLayout!r}")
+            try:
+                DetectorLayout(self._layout)
+            except ValueError as exc:
+                raise ValueError(f"ChipLayout property {str(exc).removeprefix('layout ')}") from None
             if not 0 < int(self.UdpPort) < 65536:
                 raise ValueError(f"UdpPort property must be 1..65535, not {self.UdpPort}")
             self._controller = self._new_controller()
@@ -235,22 +238,28 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
             elif self._transition_busy:
                 self._rearm_pending = True
 
-    def _live_values(self) -> dict[str, Any]:
+    def _window(self) -> EventWindow:
         s = self._settings
-        return dict(event_window=(float(s["EventWindowStart"]) * 1e-6, float(s["EventWindowEnd"]) * 1e-6),
-                    tot_threshold=int(s["TotThreshold"]), radius=int(s["ClusterRadius"]),
-                    time_window_ns=float(s["ClusterTimeWindow"]), min_cluster_size=int(s["MinClusterSize"]),
-                    roi=tuple(float(v) for v in s["Roi"]))
+        return EventWindow(float(s["EventWindowStart"]) * 1e-6, float(s["EventWindowEnd"]) * 1e-6)   # us -> s
+
+    def _clustering(self) -> ClusteringConfig:
+        s = self._settings
+        return ClusteringConfig(algorithm=ClusteringAlgorithm(int(s["ClusteringAlgorithm"])).key,
+                                radius=int(s["ClusterRadius"]), time_window_ns=float(s["ClusterTimeWindow"]),
+                                min_cluster_size=int(s["MinClusterSize"]), tot_threshold=int(s["TotThreshold"]))
+
+    def _live_values(self) -> dict[str, Any]:
+        return dict(window=self._window(), clustering=self._clustering(),
+                    roi=tuple(float(v) for v in self._settings["Roi"]))
 
     def _apply_settings(self) -> None:
         """Copy the settings onto the controller (read when it arms)."""
         ctrl = self._controller
         s = self._settings
         ctrl.centroid_processes = int(s["CentroidProcesses"])
-        ctrl.event_window = (float(s["EventWindowStart"]) * 1e-6, float(s["EventWindowEnd"]) * 1e-6)
+        ctrl.window = self._window()
         ctrl.centroiding = bool(s["Centroiding"])
-        ctrl.clustering_algorithm = ClusteringAlgorithm(int(s["ClusteringAlgorithm"])).name
-        ctrl.tot_threshold = int(s["TotThreshold"])
+        ctrl.clustering = self._clustering()
         ctrl.set_live(**self._live_values())
 
     # ------------------------------------------------------------------ acquisition callbacks
@@ -292,14 +301,8 @@ class Timepix3(SettingsAttributes, ResultAttributes, Commands, Monitor, Device):
         self._wake.set()
 
     def _submit_conversion(self, raw: str) -> None:
-        s = self._settings
-        args = {"radius": int(s["ClusterRadius"]), "time_window_ns": float(s["ClusterTimeWindow"]),
-                "min_cluster_size": int(s["MinClusterSize"])}
-        self._converter.submit(raw, hdf5_path_for(raw), centroiding=bool(s["Centroiding"]),
-                               dbscan=int(s["ClusteringAlgorithm"]) == ClusteringAlgorithm.dbscan,
-                               event_window=(float(s["EventWindowStart"]) * 1e-6, float(s["EventWindowEnd"]) * 1e-6),
-                               tot_threshold=int(s["TotThreshold"]), clustering_args=args,
-                               layout=self._layout)
+        self._converter.submit(raw, hdf5_path_for(raw), centroiding=bool(self._settings["Centroiding"]),
+                               event_window=self._window(), clustering=self._clustering(), layout=self._layout)
 
     # ------------------------------------------------------------------ status and faults
     def _train_status_line(self) -> str:

@@ -49,8 +49,12 @@ def process_batch(batch: Batch, state: dict, out: dict | None = None) -> BatchRe
 
 
 def make_calculator(params: dict):
-    """A one-process ``CentroidCalculator`` for the converter's ``params``."""
-    from tango_tpx.processing.centroids import CentroidCalculator
+    """A one-process ``CentroidCalculator`` for the converter's ``params`` (a backend other
+    than the built-in ones: :class:`~tango_tpx.processing.centroids.RegisteredCalculator`)."""
+    from tango_tpx.processing.centroids import ALGORITHMS, CentroidCalculator, RegisteredCalculator
+
+    if params.get("clustering") is not None and params["clustering"].algorithm not in ALGORITHMS:
+        return RegisteredCalculator(params["clustering"], params["cent_timewalk_lut"])
 
     return CentroidCalculator(cent_timewalk_lut=params["cent_timewalk_lut"], number_of_processes=1,
                               clustering_args=params["clustering_args"],

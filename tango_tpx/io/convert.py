@@ -58,6 +58,7 @@ from tango_tpx.io.job import (
     prepare_job,
 )
 from tango_tpx.io.pool import ProcessTuning
+from tango_tpx.processing.settings import ClusteringConfig
 
 
 def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
@@ -77,6 +78,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                  trainid_file: str | os.PathLike | bool | None = None,
                  progress_callback: Callable[[float], Any] | None = None,
                  status_callback: Callable[[ConvertStatus], Any] | None = None,
+                 clustering: ClusteringConfig | None = None,
                  ) -> ConvertResult:
     """Convert one raw/.tpx3 file to HDF5 (layout: :mod:`tango_tpx.io.hdf5`).
 
@@ -99,6 +101,9 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
         (must exist and be well formed); False = none. Recorded in the file attributes
         ``trainid_file`` (absolute path or '') and ``trainid_rows``.
     progress_callback(fraction 0..1) after every chunk; status_callback(ConvertStatus) too.
+    clustering: a :class:`~tango_tpx.processing.settings.ClusteringConfig` instead of
+    ``dbscan``, ``tot_threshold`` and the clustering keys of ``clustering_args``;
+    event_window and layout may also be an ``EventWindow`` / ``DetectorLayout``.
 
     Raises FileNotFoundError / IsADirectoryError / ValueError for an unreadable input,
     ConversionError when nothing in it could be converted (no output is left then),
@@ -109,7 +114,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                       dbscan=dbscan, event_window=event_window, timewalk_file=timewalk_file,
                       cent_timewalk_file=cent_timewalk_file, clustering_args=clustering_args,
                       tot_threshold=tot_threshold, layout=layout, force=force, compression=compression,
-                      chunk_words=chunk_words, batch_hits=batch_hits, trainid_file=trainid_file)
+                      chunk_words=chunk_words, batch_hits=batch_hits, trainid_file=trainid_file,
+                      clustering=clustering)
     return convert_range_file(job, job.out_path, number_of_processes=number_of_processes,
                               progress_callback=progress_callback, status_callback=status_callback, t0=t0)
 

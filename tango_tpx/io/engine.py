@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tango_tpx.io.batching import PIXEL_STATS, BatchResult
+from tango_tpx.processing.settings import ClusteringConfig, DetectorLayout, EventWindow, TimeWalk
 
 #: Words read and decoded per step (8 MiB).
 DEFAULT_CHUNK_WORDS = 1 << 20
@@ -43,31 +44,64 @@ DEFAULT_BATCH_HITS = 1 << 19
 class EngineParams:
     """Everything that decides the output of a conversion (picklable, sent to workers).
 
-    framing 'raw' | 'tpx3'; layout 'single' | 'quad'; window (min, max) ToF in s;
-    tw_lut / cent_lut: time-walk tables (ns per ToT bin) or None; tot_threshold in ToT
-    counts; chunk_words: words per read (batch boundaries depend on it); batch_hits: pixels;
-    start_time_ns: wall clock of the stream's start (ns since the Unix epoch, the raw file
-    header; 0 when unknown), added to the trigger times in ``timing/timepix/timestamp``.
+    framing 'raw' | 'tpx3'; detector, event_window, clustering, timewalk: the typed
+    settings (:mod:`tango_tpx.processing.settings`); centroiding: cluster the events;
+    pymepix_args: ``clustering_args`` keys that are not clustering settings (e.g.
+    ``triggers_processed``), passed on to the calculator; chunk_words: words per read (batch
+    boundaries depend on it); batch_hits: pixels; start_time_ns: wall clock of the stream's
+    start (ns since the Unix epoch, the raw file header; 0 when unknown), added to the
+    trigger times in ``timing/timepix/timestamp``.
     """
 
     framing: str
-    layout: str
-    window: tuple[float, float]
-    tw_lut: np.ndarray | None = None
-    cent_lut: np.ndarray | None = None
-    clustering_args: dict = field(default_factory=dict)
-    dbscan: bool = False
-    tot_threshold: int = 0
+    detector: DetectorLayout
+    event_window: EventWindow
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    timewalk: TimeWalk = field(default_factory=TimeWalk)
     centroiding: bool = True
+    pymepix_args: dict = field(default_factory=dict)
     chunk_words: int = DEFAULT_CHUNK_WORDS
     batch_hits: int = DEFAULT_BATCH_HITS
     start_time_ns: int = 0
 
+    # the flat names the stages and workers read
+    @property
+    def layout(self) -> str:
+        return self.detector.layout
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """(min, max) ToF in s."""
+        return self.event_window.as_tuple()
+
+    @property
+    def tw_lut(self) -> np.ndarray | None:
+        return self.timewalk.pixel_lut
+
+    @property
+    def cent_lut(self) -> np.ndarray | None:
+        return self.timewalk.centroid_lut
+
+    @property
+    def dbscan(self) -> bool:
+        return self.clustering.algorithm == "dbscan"
+
+    @property
+    def tot_threshold(self) -> int:
+        return self.clustering.tot_threshold
+
+    @property
+    def clustering_args(self) -> dict:
+        """:attr:`clustering` as ``CentroidCalculator`` clustering_args (plus :attr:`pymepix_args`)."""
+        c = self.clustering
+        return dict(self.pymepix_args, epsilon=c.eps, min_samples=c.min_samples, chunk_size_limit=c.chunk_hits,
+                    radius=c.radius, time_window_ns=c.time_window_ns, min_cluster_size=c.min_cluster_size)
+
     def worker_params(self) -> dict:
         """What :func:`tango_tpx.io.batching.make_state` needs (events + clustering)."""
-        return dict(cent_timewalk_lut=self.cent_lut, clustering_args=dict(self.clustering_args),
-                    dbscan=bool(self.dbscan), tot_threshold=int(self.tot_threshold), window=self.window,
-                    centroiding=bool(self.centroiding))
+        return dict(cent_timewalk_lut=self.cent_lut, clustering_args=self.clustering_args,
+                    dbscan=self.dbscan, tot_threshold=self.tot_threshold, window=self.window,
+                    centroiding=bool(self.centroiding), clustering=self.clustering)
 
 
 class StreamState:

@@ -15,11 +15,16 @@ import numpy as np
 
 from tango_tpx.io.compress import DEFAULT_COMPRESSION, dataset_kwargs
 from tango_tpx.io.engine import DEFAULT_BATCH_HITS, DEFAULT_CHUNK_WORDS, EngineParams
+from tango_tpx.io.settingsattrs import settings_attrs
+from tango_tpx.processing.settings import ClusteringConfig, DetectorLayout, EventWindow, TimeWalk
 from tango_tpx.tpx3.files import FileInfo, inspect_file, iter_words
 
 #: The converter keeps every hit after its trigger (pymepix's event_window, s).
 DEFAULT_EVENT_WINDOW = (0.0, math.inf)
 PARTIAL_SUFFIX = ".partial"
+#: clustering_args keys that ClusteringConfig.from_pymepix takes (the rest go to the calculator as given)
+_CLUSTERING_KEYS = frozenset({"epsilon", "min_samples", "radius", "time_window_ns", "chunk_size_limit",
+                              "min_cluster_size", "cs_min_cluster_size", "cs_max_dist_tof", "tot_threshold"})
 
 
 class ConversionError(RuntimeError):
@@ -94,20 +99,23 @@ def prepare_job(input: str | os.PathLike, output: str | os.PathLike, *,
                 number_of_processes: int = 1,
                 centroiding: bool = True,
                 dbscan: bool = False,
-                event_window: tuple[float, float] = DEFAULT_EVENT_WINDOW,
+                event_window: tuple[float, float] | EventWindow = DEFAULT_EVENT_WINDOW,
                 timewalk_file: str | os.PathLike | None = None,
                 cent_timewalk_file: str | os.PathLike | None = None,
                 clustering_args: dict | None = None,
                 tot_threshold: int = 0,
-                layout: str = "auto",
+                layout: str | DetectorLayout = "auto",
                 force: bool = False,
                 compression: str = DEFAULT_COMPRESSION,
                 chunk_words: int = DEFAULT_CHUNK_WORDS,
                 batch_hits: int = DEFAULT_BATCH_HITS,
                 trainid_file: str | os.PathLike | bool | None = None,
-                check_output: bool = True) -> ConvertJob:
+                check_output: bool = True,
+                clustering: ClusteringConfig | None = None) -> ConvertJob:
     """Check the arguments of :func:`~tango_tpx.io.convert.convert_file` (same meaning) and
-    build the job; ``check_output`` False skips the output-path checks (append, parts)."""
+    build the job; ``check_output`` False skips the output-path checks (append, parts).
+    ``clustering``: a :class:`~tango_tpx.processing.settings.ClusteringConfig` instead of
+    ``dbscan``, ``tot_threshold`` and the clustering keys of ``clustering_args``."""
     in_path = Path(input)
     out_path = Path(output)
     info = inspect_file(in_path)   # clear errors: missing, directory, empty, < 1 word
@@ -129,16 +137,23 @@ def prepare_job(input: str | os.PathLike, output: str | os.PathLike, *,
             raise FileNotFoundError(f"{out_path.parent}: output directory does not exist")
         if out_path.exists() and os.path.samefile(out_path, in_path):
             raise ConversionError("output is the input file")
-    if layout == "auto":
+    if isinstance(layout, str) and layout == "auto":
         layout = detect_layout(info)
-    if layout not in ("single", "quad"):
-        raise ConversionError(f"layout must be 'auto', 'single' or 'quad', not {layout!r}")
-    tw_lut = _load_lut(timewalk_file)
-    cent_lut = _load_lut(cent_timewalk_file)
+    try:
+        detector = DetectorLayout.of(layout)
+    except ValueError:
+        raise ConversionError(f"layout must be 'auto', 'single' or 'quad', not {layout!r}") from None
+    if clustering is None:
+        clustering = ClusteringConfig.from_pymepix(clustering_args, dbscan=bool(dbscan), tot_threshold=tot_threshold)
+    elif not isinstance(clustering, ClusteringConfig):
+        raise ConversionError(f"clustering must be a ClusteringConfig, got {type(clustering).__name__}")
+    timewalk = TimeWalk(_load_lut(timewalk_file), _load_lut(cent_timewalk_file),
+                        "" if timewalk_file is None else str(Path(timewalk_file).resolve()),
+                        "" if cent_timewalk_file is None else str(Path(cent_timewalk_file).resolve()))
     train_ids, trainid_src, warnings = _load_train_ids(in_path, trainid_file)
-    params = EngineParams(framing=info.framing, layout=layout, window=window, tw_lut=tw_lut, cent_lut=cent_lut,
-                          clustering_args=dict(clustering_args or {}), dbscan=bool(dbscan),
-                          tot_threshold=int(tot_threshold), centroiding=bool(centroiding),
+    params = EngineParams(framing=info.framing, detector=detector, event_window=EventWindow(*window),
+                          clustering=clustering, timewalk=timewalk, centroiding=bool(centroiding),
+                          pymepix_args={k: v for k, v in (clustering_args or {}).items() if k not in _CLUSTERING_KEYS},
                           chunk_words=int(chunk_words), batch_hits=int(batch_hits),
                           start_time_ns=int(info.header_time_ns or 0))
     if centroiding:
@@ -154,16 +169,7 @@ def prepare_job(input: str | os.PathLike, output: str | os.PathLike, *,
         "source_header_time_ns": -1 if info.header_time_ns is None else int(info.header_time_ns),
         "source_bytes": int(info.size_bytes),
         "source_words": int(info.n_words),
-        "layout": layout,
-        "event_window": [float(window[0]), float(window[1])],
-        "event_window_unit": "s",
-        "centroiding": bool(centroiding),
-        "clustering_algorithm": ("dbscan" if dbscan else "fast") if centroiding else "none",
-        "clustering_args": dict(clustering_args or {}),
-        "tot_threshold": int(tot_threshold),
-        "timewalk_file": "" if timewalk_file is None else str(Path(timewalk_file).resolve()),
-        "cent_timewalk_file": "" if cent_timewalk_file is None else str(Path(cent_timewalk_file).resolve()),
-        "timewalk_unit": "ns per ToT bin (lut[i] for ToT = (i + 1) * 25 ns)",
+        **settings_attrs(params.event_window, detector, clustering, timewalk, bool(centroiding), clustering_args),
         "number_of_processes": int(number_of_processes),
         "chunk_words": int(chunk_words),
         "trainid_file": trainid_src,
@@ -231,6 +237,8 @@ def _load_train_ids(input_path: Path, trainid_file) -> tuple[np.ndarray | None, 
 
 
 def _check_window(event_window) -> tuple[float, float]:
+    if isinstance(event_window, EventWindow):
+        return event_window.as_tuple()
     try:
         lo, hi = (float(v) for v in event_window)
     except (TypeError, ValueError):

@@ -1,6 +1,7 @@
 """The pipeline's collector: a thread in the caller's process that receives the final
 outputs of every stage, restores the decoder's order of ``CentroidData`` (by sequence
-number), and delivers ``(MessageType, data)`` to ``data_queue`` (optionally converted, e.g.
+number), and delivers ``(MessageType, data)`` (a :class:`~.messages.QueueMessage` that also
+says the settings version) to ``data_queue`` (optionally converted, e.g.
 to pymepix's shapes) and to the public PUB stream."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import zmq
 
 from . import transport
 from .counters import SharedCounters
-from .messages import MessageType, decode_frames
+from .livesettings import META_SETTINGS_VERSION
+from .messages import MessageType, QueueMessage, decode_frames
 
 
 class Collector(threading.Thread):
@@ -56,12 +58,12 @@ class Collector(threading.Thread):
                         break
                     continue
                 if mtype == MessageType.CentroidData:      # restore the decoder's order
-                    held[seq] = (frames, mtype, data)
+                    held[seq] = (frames, mtype, data, meta)
                     while next_seq in held:
                         self._deliver(*held.pop(next_seq))
                         next_seq += 1
                 else:
-                    self._deliver(frames, mtype, data)
+                    self._deliver(frames, mtype, data, meta)
             for s in sorted(held):                         # gaps only after a dead worker
                 self._deliver(*held[s])
         except Exception as exc:  # reported through AcquisitionPipeline.fault()
@@ -74,11 +76,11 @@ class Collector(threading.Thread):
                 self.data_queue.put(None)
             self.done.set()
 
-    def _deliver(self, frames, mtype, data) -> None:
+    def _deliver(self, frames, mtype, data, meta: dict) -> None:
         if self.data_queue is not None:
             if self.convert is not None:
                 data = self.convert(mtype, data)
-            self.data_queue.put((mtype, data))
+            self.data_queue.put(QueueMessage(mtype, data, meta.get(META_SETTINGS_VERSION)))
         if self.pub is not None:
             try:
                 self.pub.send_multipart([mtype.name.encode()] + list(frames), copy=False, flags=zmq.NOBLOCK)

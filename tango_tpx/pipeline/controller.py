@@ -43,6 +43,8 @@ from tango_tpx.trainid.receiver import TrainIdReader, USBTrainID
 from .acquisition import CentroidPipeline, PixelPipeline
 from .counters import SharedCounters, SharedPreview, tof_bins
 from .gated import ArmedCentroidPipeline, ArmedPixelPipeline
+from ..processing.settings import ClusteringConfig, DetectorLayout, EventWindow, TimeWalk
+from .controlsettings import TypedSettings
 from .livesettings import LiveSettings, LiveValues
 from .session import AcquisitionSession
 
@@ -74,42 +76,47 @@ _TRAIN_ERROR_STATS = ("crc_errors", "bad_hex", "missing_etx", "short_frames")
 TRAIN_HISTORY_FRAMES = 16384
 
 
-class AcquisitionController:
+class AcquisitionController(TypedSettings):
     """Live acquisition: UDP receiver, recording, decoding, events, centroids, counters.
 
-    udp_host, udp_port: where the SPIDR (or simulator) sends; layout: 'single' | 'quad';
+    udp_host, udp_port: where the SPIDR (or simulator) sends; layout: a
+    :class:`~tango_tpx.processing.settings.DetectorLayout` or its name ('single' | 'quad');
     stream_address: optional ZMQ PUB address (e.g. ``tcp://*:5555``) publishing the results
-    (:mod:`tango_tpx.pipeline.messages`); preview_period_s: s per preview frame.
+    (:mod:`tango_tpx.pipeline.messages`); preview_period_s: s per preview frame; window,
+    clustering, timewalk: the typed settings (:mod:`tango_tpx.processing.settings`), checked here.
 
-    Settings read at the next :meth:`start`: ``centroid_processes`` (int >= 1),
-    ``event_window`` ((min, max) ToF in s), ``centroiding`` (bool), ``clustering_algorithm``
-    ('fast' | 'dbscan'), ``tot_threshold`` (ToT counts of 25 ns).
+    Settings read at the next :meth:`start` / :meth:`arm`: ``centroid_processes`` (int >= 1),
+    ``centroiding`` (bool), :attr:`window` (an ``EventWindow``; also as ``event_window``,
+    (min, max) ToF in s), :attr:`clustering` (a ``ClusteringConfig``; its algorithm and ToT
+    threshold also as ``clustering_algorithm`` (a registered key: 'fast', 'dbscan' ...) and
+    ``tot_threshold`` (ToT counts of 25 ns)), :attr:`timewalk` (a ``TimeWalk``; its tables
+    also as ``timewalk_lut`` and ``cent_timewalk_lut``). Each is validated when it is set.
     """
 
-    def __init__(self, udp_host: str = "127.0.0.1", udp_port: int = 8192, layout: str = "single",
-                 stream_address: str | None = None, preview_period_s: float = 1.0,
-                 data_queue: Any = None) -> None:
-        if layout not in ("single", "quad"):
-            raise ValueError(f"layout must be 'single' or 'quad', not {layout!r}")
+    def __init__(self, udp_host: str = "127.0.0.1", udp_port: int = 8192,
+                 layout: str | DetectorLayout = "single", stream_address: str | None = None,
+                 preview_period_s: float = 1.0, data_queue: Any = None, *,
+                 window: EventWindow | None = None, clustering: ClusteringConfig | None = None,
+                 timewalk: TimeWalk | None = None) -> None:
+        self.detector = DetectorLayout.of(layout)
         self.udp_host = udp_host
         self.udp_port = int(udp_port)
-        self.layout = layout
+        self.layout = self.detector.layout
         self.stream_address = stream_address
         self.preview_period_s = float(preview_period_s)
         self.data_queue = data_queue
         self.centroid_processes: int = 1
-        self.event_window: tuple[float, float] = (0.0, 1e-3)
+        self.window: EventWindow = window if window is not None else EventWindow()
         self.centroiding: bool = False
-        self.clustering_algorithm: str = "fast"
-        self.tot_threshold: int = 0
-        self.timewalk_lut = None
-        self.cent_timewalk_lut = None
+        self.clustering: ClusteringConfig = clustering if clustering is not None else ClusteringConfig()
+        self.timewalk: TimeWalk = timewalk if timewalk is not None else TimeWalk()
         self._counters = SharedCounters()
-        side = 516 if layout == "quad" else 256
+        side = self.detector.frame_size_px
         self._preview = SharedPreview(side, side)
         self._pipeline: PixelPipeline | None = None
         # armed operation (the Tango device): one pipeline kept up, acquisitions behind a gate
-        self.live_values = LiveValues()
+        self.live_values = LiveValues(self.window, self.clustering)
+        self._live_lock = threading.Lock()
         self.live = LiveSettings(self.live_values)
         self._acq_preview = SharedPreview(side, side)
         self.session = AcquisitionSession(lambda: self._build(armed=True), self._counters, self._acq_preview)
@@ -134,28 +141,28 @@ class AcquisitionController:
 
     # -- run control ----------------------------------------------------------------------
     def _build(self, armed: bool = False) -> PixelPipeline:
-        algo = str(self.clustering_algorithm).lower()
-        if algo not in ("fast", "dbscan"):
-            raise ValueError(f"clustering_algorithm must be 'fast' or 'dbscan', not {self.clustering_algorithm!r}")
         n = int(self.centroid_processes)
         if n < 1:
             raise ValueError(f"centroid_processes must be >= 1, got {n}")
-        lo, hi = (float(v) for v in self.event_window)
-        if not (0 <= lo <= hi):
-            raise ValueError(f"event_window must satisfy 0 <= min <= max (s), got {self.event_window}")
+        window, cl = self._window.as_tuple(), self._clustering
         common = dict(layout=self.layout, stream_address=self.stream_address, counters=self._counters,
                       preview=self._preview, preview_period_s=self.preview_period_s,
                       timewalk_lut=self.timewalk_lut)
         address = (self.udp_host, self.udp_port)
         if armed:
             common.update(live=self.live, acq_preview=self._acq_preview)
-            self.set_live(event_window=(lo, hi), tot_threshold=int(self.tot_threshold))
+            self.set_live(window=self._window, clustering=cl)
         if self.centroiding:
-            return (ArmedCentroidPipeline if armed else CentroidPipeline)(self.data_queue, address, self._longtime, num_processes=n,
-                                    dbscan_clustering=(algo == "dbscan"), tot_threshold=int(self.tot_threshold),
-                                    cent_timewalk_lut=self.cent_timewalk_lut, event_window=(lo, hi), **common)
+            calc = dict(dbscan_clustering=(cl.algorithm == "dbscan"), tot_threshold=cl.tot_threshold,
+                        cent_timewalk_lut=self.cent_timewalk_lut)
+            if not armed:          # an armed pipeline clusters with the live settings
+                calc["clustering_args"] = dict(min_cluster_size=cl.min_cluster_size, radius=cl.radius,
+                                               time_window_ns=cl.time_window_ns, epsilon=cl.eps,
+                                               min_samples=cl.min_samples, chunk_size_limit=cl.chunk_hits)
+            return (ArmedCentroidPipeline if armed else CentroidPipeline)(
+                self.data_queue, address, self._longtime, num_processes=n, event_window=window, **calc, **common)
         return (ArmedPixelPipeline if armed else PixelPipeline)(self.data_queue, address, self._longtime, use_event=True,
-                             event_window=(lo, hi), **common)
+                                                                  event_window=window, **common)
 
     def start(self) -> None:
         """Start acquiring (no-op if running). OSError naming the port if it cannot bind."""
@@ -195,12 +202,18 @@ class AcquisitionController:
         """Stop the armed pipeline's processes."""
         self.session.disarm()
 
-    def set_live(self, **changes: Any) -> None:
-        """Change live settings (:class:`~.livesettings.LiveValues` fields); an armed
-        pipeline applies them at its next chunk. ValueError names a bad value."""
-        values = self.live_values.with_(**changes)
-        self.live.publish(values)
-        self.live_values = values
+    def set_live(self, **changes: Any) -> int:
+        """Change live settings (:meth:`~.livesettings.LiveValues.with_`: ``window``,
+        ``clustering``, ``roi`` or single fields such as ``radius``); an armed pipeline applies
+        them at its next chunk; they are also the :attr:`window` and :attr:`clustering` of the
+        next arm / start. Returns the new settings version (every output chunk says which
+        version made it). ValueError names a bad value."""
+        with self._live_lock:
+            values = self.live_values.with_(**changes)
+            version = self.live.publish(values)
+            self.live_values = values
+            self._window, self._clustering = values.window, values.clustering
+            return version
 
     def acquisition_preview(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(hit map int32, ToF histogram, ToF axis ns) of the current or last acquisition."""

@@ -22,8 +22,11 @@ serves any number of acquisitions:
   at or after ``start + AcquisitionTime`` in detector time (without triggers: the chunk whose
   newest hit passes that time). It then flushes, reports ``('acq', id, reason, offset)`` to
   the parent and ignores data until the next *begin*.
-* :class:`GatedCentroidCalculator` applies the live clustering settings and counts the
-  centroids inside the region of interest.
+* :class:`GatedCentroidCalculator` clusters each chunk with the settings version it carries
+  and counts the centroids inside the region of interest.
+
+Every chunk the armed stages send carries the version of the live settings that made it
+(meta ``sv``, see :mod:`.livesettings`).
 """
 
 from __future__ import annotations
@@ -35,13 +38,15 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ..processing.centroids import RegisteredCalculator
 from ..processing.events import PacketProcessor
+from ..processing.settings import ClusteringConfig
 from ..tpx3.codec import Decoder, last_global_time
 from ..tpx3.encode import TPX3_MAGIC
 from .acquisition import CentroidPipeline, PixelPipeline
 from .centroid import PipelineCentroidCalculator
 from .counters import CTRL_FORCE, N_TOF_BINS, SharedPreview, accumulate_preview, tof_bins
-from .livesettings import LiveSettings, roi_mask
+from .livesettings import META_CLUSTERING, META_SETTINGS_VERSION, LiveSettings, roi_mask
 from .messages import MessageType, encode_frames
 from .packetprocessor import PipelinePacketProcessor
 from .shmring import META_BYTES, META_SLOT
@@ -203,6 +208,8 @@ class GatedPacketProcessor(PipelinePacketProcessor):
             return
         self._live_gen, v = self.live.read()
         self._roi = v.roi
+        # every chunk sent from now on says which settings made it (see livesettings)
+        self.out_meta = {META_SETTINGS_VERSION: self._live_gen // 2, META_CLUSTERING: v.clustering.to_attrs()}
         if tuple(v.event_window) != tuple(self.event_window):
             self.event_window = tuple(v.event_window)
             if self.packet_processor is not None:
@@ -373,7 +380,10 @@ class GatedPacketProcessor(PipelinePacketProcessor):
 
 
 class GatedCentroidCalculator(PipelineCentroidCalculator):
-    """Centroid worker of the armed pipeline: live clustering settings, ROI centroids."""
+    """Centroid worker of the armed pipeline: clusters each chunk with the clustering
+    settings the chunk carries (the version the decode stage used, see :mod:`.livesettings`),
+    counts the centroids inside the live region of interest and tags its output with the
+    chunk's settings version."""
 
     def __init__(self, *args: Any, live: LiveSettings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -383,25 +393,35 @@ class GatedCentroidCalculator(PipelineCentroidCalculator):
         super().pre_run()
         self._live_gen = -1
         self._roi = (0.0, 0.0, 1e9, 1e9, 0.0, 1e12)
+        self._cl_cache: dict[int, RegisteredCalculator] = {}
+
+    def _calculator_of(self, meta: dict) -> RegisteredCalculator | None:
+        """The calculator of the chunk's settings version (None: the chunk carries none)."""
+        attrs = meta.get(META_CLUSTERING)
+        if attrs is None:
+            return None
+        sv = int(meta.get(META_SETTINGS_VERSION, -1))
+        calc = self._cl_cache.get(sv)
+        if calc is None:
+            calc = RegisteredCalculator(ClusteringConfig.from_attrs(attrs), self.centroid_calculator.cent_timewalk_lut)
+            self._cl_cache = {sv: calc}                 # versions only grow: keep the latest
+        return calc
 
     def process(self, data_type=None, data=None):
         if data_type != MessageType.EventData:
             return None
         if self.live is not None and self.live.generation != self._live_gen:
             self._live_gen, v = self.live.read()
-            calc = self.centroid_calculator
-            calc.tot_threshold = int(v.tot_threshold)
-            calc.radius = int(v.radius)
-            calc.time_window_ns = float(v.time_window_ns)
-            calc.min_cluster_size = int(v.min_cluster_size)
             self._roi = v.roi
+        meta = self.current_meta
         w = self.wiring
-        cents = self.centroid_calculator.process(data)
+        cents = (self._calculator_of(meta) or self.centroid_calculator).process(data)
         n_roi = int(np.count_nonzero(roi_mask(cents.x, cents.y, cents.tof, self._roi))) if len(cents) else 0
         w.counters.worker_add(w.worker_index, "roi_centroids", n_roi)
         w.counters.worker_add(w.worker_index, "hits_in", len(data))
         w.counters.worker_add(w.worker_index, "centroids", len(cents))
-        self.pushOutput(MessageType.CentroidData, cents, seq=self.current_seq)
+        out_meta = {META_SETTINGS_VERSION: meta[META_SETTINGS_VERSION]} if META_SETTINGS_VERSION in meta else None
+        self.pushOutput(MessageType.CentroidData, cents, seq=self.current_seq, meta=out_meta)
         w.counters.worker_add(w.worker_index, "chunks_in", 1)     # last: "drained" means done
         return None
 

@@ -22,6 +22,14 @@ with the message type name (``b"PixelData"``, ``b"TriggerData"``, ``b"EventData"
 ``sub.setsockopt(zmq.SUBSCRIBE, b"CentroidData")`` and decodes ``frames[1:]`` with
 :func:`decode_frames`.
 
+Settings versions: the armed pipeline (:mod:`.gated`, what the ``AcquisitionController`` and
+the Tango device run) tags every message made from live data with the version of the live
+settings that made it, ``meta["sv"]`` (int, :attr:`~.livesettings.LiveSettings.version`); on
+the PUB stream it is in the header, and ``data_queue`` gets a :class:`QueueMessage`: the
+``(MessageType, data)`` pair as before (a 2-tuple, so ``t, d = msg`` still works, with every
+payload shape unchanged) whose ``settings_version`` attribute says which (None when the
+pipeline has no live settings).
+
 Units of the payloads are those of their classes: times in int64 counts of 25/4096 ns,
 ToT in counts of 25 ns, x/y in pixels, raw data as the SPIDR little-endian uint64 words.
 """
@@ -51,6 +59,20 @@ class MessageType(IntEnum):
     TriggerData = 8
     #: internal: end of stream; ``meta`` carries totals of the sender.
     EndOfStream = 100
+
+
+class QueueMessage(tuple):
+    """What ``data_queue`` receives: the pair ``(MessageType, data)`` (a plain 2-tuple to any
+    code that unpacks or indexes it) plus ``settings_version``: the live-settings version
+    that made the data (int), or None outside an armed pipeline."""
+
+    def __new__(cls, msg_type: Any, data: Any, settings_version: int | None = None) -> "QueueMessage":
+        self = super().__new__(cls, (msg_type, data))
+        self.settings_version = settings_version
+        return self
+
+    def __reduce__(self):
+        return (QueueMessage, (self[0], self[1], self.settings_version))
 
 
 #: structure-of-arrays classes that may travel in a message: kind -> "module:Class".

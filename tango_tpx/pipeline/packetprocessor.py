@@ -54,6 +54,8 @@ class PipelinePacketProcessor(BasePipelineObject):
         self.framing = framing
         self.longtime = longtime
         self.preview_period_s = float(preview_period_s)
+        #: meta sent with every events/triggers message (the armed stage's settings version)
+        self.out_meta: dict | None = None
 
     @classmethod
     def warm_up(cls) -> None:
@@ -136,10 +138,10 @@ class PipelinePacketProcessor(BasePipelineObject):
         c = self.wiring.counters
         if len(out.triggers):
             c.add("trigger_events", len(out.triggers))
-            self.pushOutput(MessageType.TriggerData, out.triggers)
+            self.pushOutput(MessageType.TriggerData, out.triggers, meta=self.out_meta)
         if len(out.events):
             c.add("events", len(out.events))
-            self.pushOutput(MessageType.EventData, out.events)
+            self.pushOutput(MessageType.EventData, out.events, meta=self.out_meta)
         st = self.packet_processor.stats
         for key in ("lost_triggers", "late_pixels"):
             v = int(st.get(key, 0))

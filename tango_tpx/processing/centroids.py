@@ -32,16 +32,16 @@ from tango_tpx.processing.clustering import (
     DEFAULT_RADIUS,
     DEFAULT_TIME_WINDOW_NS,
     _check_coords,
-    _check_params,
     check_times,
     _frame_size,
     renumber_first_appearance,
     sort_order,
     union_pass,
 )
+from tango_tpx.processing.settings import ClusteringBackend, ClusteringConfig, register_clustering
 from tango_tpx.processing.timewalk import lut_to_units
 from tango_tpx.tpx3.hits import _SoA
-from tango_tpx.tpx3.units import UNIT_NS
+from tango_tpx.tpx3.units import UNIT_NS, ns_to_units
 
 #: pymepix scales ToF (s) by this before DBSCAN: eps=2 then spans 2/1.7e7 s = 117.6 ns.
 DBSCAN_TOF_SCALE: float = 1.7e7
@@ -50,6 +50,7 @@ DBSCAN_EPS: float = 2.0
 DBSCAN_MIN_SAMPLES: int = 3
 #: pymepix runs DBSCAN on chunks of whole triggers of about this many hits.
 DBSCAN_CHUNK_HITS: int = 6500
+#: The built-in clustering keys (others may be registered, see :mod:`.settings`).
 ALGORITHMS = ("fast", "dbscan")
 
 
@@ -307,47 +308,49 @@ def _dbscan_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, eps
                                          int(min_cluster_size), tw_units))
 
 
+def _fast_backend(arrays, config: ClusteringConfig, tw_units) -> Centroids:
+    window = int(ns_to_units(config.time_window_ns))
+    return _fast_sorted(*arrays, tot_threshold=config.tot_threshold, min_cluster_size=config.min_cluster_size,
+                        radius=config.radius, window=window, tw_units=tw_units)
+
+
+def _dbscan_backend(arrays, config: ClusteringConfig, tw_units) -> Centroids:
+    return _dbscan_sorted(*arrays, tot_threshold=config.tot_threshold, min_cluster_size=config.min_cluster_size,
+                          eps=config.eps, min_samples=config.min_samples, chunk_hits=config.chunk_hits,
+                          tw_units=tw_units)
+
+
+register_clustering("fast", ClusteringBackend(_fast_backend, DEFAULT_MIN_CLUSTER_SIZE,
+                                              "connected components: radius px, time window ns"))
+register_clustering("dbscan", ClusteringBackend(_dbscan_backend, 1, "pymepix's DBSCAN: eps, min_samples"))
+
+
 def _run_sorted(arrays, params: dict) -> Centroids:
-    trig, x, y, tof, tot = arrays
-    tw = params["tw_units"]
-    if params["algorithm"] == "fast":
-        return _fast_sorted(trig, x, y, tof, tot, tot_threshold=params["tot_threshold"],
-                            min_cluster_size=params["min_cluster_size"], radius=params["radius"],
-                            window=params["window"], tw_units=tw)
-    return _dbscan_sorted(trig, x, y, tof, tot, tot_threshold=params["tot_threshold"],
-                          min_cluster_size=params["min_cluster_size"], eps=params["eps"],
-                          min_samples=params["min_samples"], chunk_hits=params["chunk_hits"],
-                          tw_units=tw)
+    config: ClusteringConfig = params["config"]
+    return config.backend.run(arrays, config, params["tw_units"])
 
 
 def _make_params(algorithm, tot_threshold, min_cluster_size, radius, time_window_ns,
                  cent_timewalk_lut, eps, min_samples, chunk_hits) -> dict:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if min_cluster_size is None:
-        min_cluster_size = DEFAULT_MIN_CLUSTER_SIZE if algorithm == "fast" else 1
-    radius, window = _check_params(radius, time_window_ns, tot_threshold, min_cluster_size)
-    if not (eps > 0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    if int(min_samples) != min_samples or min_samples < 1:
-        raise ValueError(f"min_samples must be an integer >= 1, got {min_samples!r}")
-    if int(chunk_hits) != chunk_hits or chunk_hits < 1:
-        raise ValueError(f"chunk_size_limit must be an integer >= 1, got {chunk_hits!r}")
-    return dict(algorithm=algorithm, tot_threshold=int(tot_threshold),
-                min_cluster_size=int(min_cluster_size), radius=radius, window=window,
-                tw_units=_tw_units(cent_timewalk_lut), eps=float(eps),
-                min_samples=int(min_samples), chunk_hits=int(chunk_hits))
+    """{'config': ClusteringConfig, 'tw_units': centroid time-walk table in fine units};
+    ValueError names a bad parameter."""
+    config = algorithm if isinstance(algorithm, ClusteringConfig) else ClusteringConfig(
+        algorithm=algorithm, radius=radius, time_window_ns=time_window_ns, min_cluster_size=min_cluster_size,
+        tot_threshold=tot_threshold, eps=eps, min_samples=min_samples, chunk_hits=chunk_hits)
+    return dict(config=config, tw_units=_tw_units(cent_timewalk_lut))
 
 
-def calculate_centroids(events, algorithm: str = "fast", tot_threshold: int = 0,
+def calculate_centroids(events, algorithm: "str | ClusteringConfig" = "fast", tot_threshold: int = 0,
                         min_cluster_size: int | None = None, radius: int = DEFAULT_RADIUS,
                         time_window_ns: float = DEFAULT_TIME_WINDOW_NS, cent_timewalk_lut=None,
                         eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,
                         chunk_size_limit: int = DBSCAN_CHUNK_HITS) -> Centroids:
     """Cluster the hits of ``events`` and return their centroids, sorted by (trigger_nr, tof).
 
-    algorithm: ``'fast'`` (connected components: ``radius`` pixels, ``time_window_ns`` ns) or
-    ``'dbscan'`` (pymepix: ``eps``, ``min_samples`` on ``[x, y, tof_s*1.7e7]`` per trigger).
+    algorithm: a key of the clustering registry (:mod:`.settings`): ``'fast'`` (connected
+    components: ``radius`` pixels, ``time_window_ns`` ns) or ``'dbscan'`` (pymepix: ``eps``,
+    ``min_samples`` on ``[x, y, tof_s*1.7e7]`` per trigger); or a whole
+    :class:`~.settings.ClusteringConfig` (the other clustering arguments are then ignored).
     tot_threshold: keep hits with ``tot > tot_threshold`` (ToT counts).
     min_cluster_size: drop clusters with fewer hits; ``None`` = 3 for 'fast', 1 for 'dbscan'
     (pymepix keeps every DBSCAN cluster). cent_timewalk_lut: table in ns per ToT bin
@@ -359,6 +362,18 @@ def calculate_centroids(events, algorithm: str = "fast", tot_threshold: int = 0,
     if arrays[3].size == 0:
         return Centroids.empty()
     return _run_sorted(arrays, params)
+
+
+class RegisteredCalculator:
+    """``process(events) -> Centroids`` with one :class:`~.settings.ClusteringConfig` (any
+    registered backend) and an optional centroid time-walk table (ns per ToT bin)."""
+
+    def __init__(self, config: ClusteringConfig, cent_timewalk_lut=None) -> None:
+        self.params = _make_params(config, None, None, None, None, cent_timewalk_lut, None, None, None)
+
+    def process(self, events) -> Centroids:
+        arrays = _sorted_arrays(events)
+        return _run_sorted(arrays, self.params) if arrays[3].size else Centroids.empty()
 
 
 # ----------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from tango_tpx.processing.settings import ClusteringConfig, EventWindow
 from tango_tpx.simulator import SimConfig, SpidrSimulator
 from tango_tpx.tpx3.files import map_words
 
-from .test_pipeline_helpers import drain, free_udp_port, wait_for
+from .conftest import wait_for
+from .test_pipeline_helpers import drain, free_udp_port
 
 #: hits per second sent (the 2-core test machine receives this without loss on loopback)
 RATE_HITS_PER_S = 5.0e6

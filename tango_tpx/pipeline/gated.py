@@ -44,7 +44,7 @@ from .counters import CTRL_FORCE, N_TOF_BINS, SharedPreview, accumulate_preview,
 from .livesettings import LiveSettings, roi_mask
 from .messages import MessageType, encode_frames
 from .packetprocessor import PipelinePacketProcessor
-from .shmring import META_BYTES, META_SLOT
+from ..runtime.shm import META_BYTES, META_SLOT
 from .udpsampler import UdpSampler
 
 #: meta keys of the acquisition markers and chunk offsets

@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..runtime.guard import OrphanGuard
 from .protocol import (PARSER_STATS, TRAINID_DTYPE, FrameParser, TrainFrame, TransportError,
                        array_to_frames, encode_frame, frames_to_array)
 
@@ -236,8 +237,7 @@ def run_read_loop(source: Any, stop: Any, emit: Callable[[list[TrainFrame]], Non
     backoff = reconnect_min_s
     ever_connected = False
 
-    def parent_gone() -> bool:
-        return parent_pid is not None and os.getppid() != parent_pid
+    parent_gone = OrphanGuard(parent_pid).orphaned
 
     def sync_stats() -> None:
         state.put(**parser.stats)

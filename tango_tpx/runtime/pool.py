@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import socket
 import subprocess
 import sys

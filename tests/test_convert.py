@@ -735,16 +735,18 @@ def test_threaded_caller_uses_a_safe_start_method(tmp_path):
 _SLOTS = r"""
 import json, sys
 import tango_tpx.io.pool as pool
+from tango_tpx.runtime.pool import OrderedPool
 from tango_tpx.io.convert import convert_file
 
 assert pool.single_threaded()
-sent = {"slot": 0, "obj": 0}
-orig = pool.Slot.fits
-def fits(self, n, batch):
-    ok = orig(self, n, batch)
-    sent["slot" if ok else "obj"] += 1
-    return ok
-pool.Slot.fits = fits
+sent = {"slot": 0, "pickled": 0}
+orig = OrderedPool.close
+def close(self, terminate=False):
+    for k, v in self.sent.items():
+        sent[k] += v
+    self.sent = {k: 0 for k in self.sent}
+    orig(self, terminate)
+OrderedPool.close = close
 r = convert_file(sys.argv[1], sys.argv[2], number_of_processes=2, chunk_words=500, batch_hits=200)
 print(json.dumps(dict(sent, centroids=r.centroids)))
 """
@@ -754,7 +756,7 @@ print(json.dumps(dict(sent, centroids=r.centroids)))
 def test_single_threaded_caller_uses_shared_memory_slots(tmp_path):
     src = write_raw(tmp_path / "s.raw", synth_words(20, 10, seed=15))
     sent = json.loads(_in_fresh_interpreter(_SLOTS, str(src), str(tmp_path / "o.h5")).splitlines()[-1])
-    assert sent["slot"] >= 3 and sent["obj"] == 0 and sent["centroids"] > 0
+    assert sent["slot"] >= 3 and sent["pickled"] == 0 and sent["centroids"] > 0
 
 
 # ------------------------------------------------------------------------------------------

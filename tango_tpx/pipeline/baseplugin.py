@@ -9,7 +9,8 @@ A stage process:
   parent over a private pipe; it never dies silently;
 * ends after the end-of-stream marker of every upstream process (clean drain), when its
   ``enable`` flag is cleared and its input is idle, when the pipeline forces a stop, or
-  when its parent process disappears (``os.getppid()`` is polled: no orphans).
+  when its parent process disappears (the orphan guard of :mod:`tango_tpx.runtime.guard`
+  is polled: no orphans).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import zmq
 from . import transport
 from .counters import CTRL_DRAIN, CTRL_FORCE, SharedCounters, SharedPreview
 from .messages import SOA_CLASSES, MessageType, _soa_class, encode_frames
-from .shmring import META_BYTES, META_SLOT, META_SOA
+from ..runtime.guard import OrphanGuard
+from ..runtime.shm import META_BYTES, META_SLOT, META_SOA
 
 #: poll period of stage loops (s): bounds the reaction time to stop/orphan checks.
 POLL_S = 0.05
@@ -83,11 +85,11 @@ class BasePipelineObject(mp.Process):
 
     #: message types this stage consumes (used to route the previous stage's output).
     accepts: frozenset = frozenset()
-    #: True: ``RawData`` may arrive as a slot of the shared raw ring (see :mod:`.shmring`);
+    #: True: ``RawData`` may arrive as a slot of the shared raw ring (see :mod:`tango_tpx.runtime.shm`);
     #: ``process`` gets a read-only view valid until it returns (copy what you keep).
     raw_ring_ok: bool = False
     #: True: structure-of-arrays messages may arrive in slots of a shared message ring
-    #: (:class:`~.shmring.MsgRing`), read-only and valid until ``process`` returns.
+    #: (:class:`~tango_tpx.runtime.shm.MsgRing`), read-only and valid until ``process`` returns.
     msg_ring_ok: bool = False
 
     @classmethod
@@ -115,7 +117,8 @@ class BasePipelineObject(mp.Process):
                 self.output_queue.extend(shared_output if isinstance(shared_output, list) else [shared_output])
             elif create_output:
                 self.output_queue.extend(mp.Queue() for _ in range(int(num_outputs)))
-        self._creator_pid = os.getpid()
+        #: the orphan guard of this stage's process (the parent is the process creating it)
+        self._guard = OrphanGuard(wiring.parent_pid if wiring is not None and wiring.parent_pid else os.getpid())
         self._conn = conn
         self._enable = mp.RawValue(ctypes.c_int8, 1)
         self._send_lock = threading.Lock()
@@ -208,7 +211,7 @@ class BasePipelineObject(mp.Process):
         return bool(self.wiring.counters.ctrl[CTRL_DRAIN])
 
     def _orphaned(self) -> bool:
-        return os.getppid() != self.wiring.parent_pid
+        return self._guard.orphaned()
 
     def _send_round_robin(self, data_type, data, seq, meta) -> bool:
         # blocks while every next-stage input is full (back-pressure reaches the sampler,
@@ -377,7 +380,7 @@ class BasePipelineObject(mp.Process):
             try:
                 return True, self.input_queue.get(timeout=POLL_S)
             except queue_mod.Empty:
-                if os.getppid() != self._creator_pid:
+                if self._guard.orphaned():
                     return False, None
 
     def _push_result(self, out: Any) -> None:
@@ -408,7 +411,7 @@ class BasePipelineObject(mp.Process):
                     if self._propagate_input:
                         self.pushOutput(*value)
                 else:
-                    if not enabled or os.getppid() != self._creator_pid:
+                    if not enabled or self._guard.orphaned():
                         break
                     out = self.process()
                 self._push_result(out)

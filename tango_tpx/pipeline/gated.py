@@ -49,7 +49,7 @@ from .counters import CTRL_FORCE, N_TOF_BINS, SharedPreview, accumulate_preview,
 from .livesettings import META_CLUSTERING, META_SETTINGS_VERSION, LiveSettings, roi_mask
 from .messages import MessageType, encode_frames
 from .packetprocessor import PipelinePacketProcessor
-from .shmring import META_BYTES, META_SLOT
+from ..runtime.shm import META_BYTES, META_SLOT
 from .udpsampler import UdpSampler
 
 #: meta keys of the acquisition markers and chunk offsets

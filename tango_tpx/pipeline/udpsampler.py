@@ -34,7 +34,7 @@ from .baseplugin import BasePipelineObject
 from .counters import CTRL_DRAIN, CTRL_FORCE
 from .messages import MessageType, encode_frames
 from .raw2disk import Raw2Disk
-from .shmring import META_BYTES, META_SLOT
+from ..runtime.shm import META_BYTES, META_SLOT
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)

@@ -19,9 +19,7 @@ Two clustering algorithms:
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -376,160 +374,10 @@ class RegisteredCalculator:
         return _run_sorted(arrays, self.params) if arrays[3].size else Centroids.empty()
 
 
-# ----------------------------------------------------------------------------------------
-# pymepix-style calculator with a process pool
-# ----------------------------------------------------------------------------------------
-def _pool_worker(arrays, params) -> Centroids:
-    return _run_sorted(arrays, params)
-
-
-def split_at_triggers(trig: np.ndarray, parts: int) -> list[tuple[int, int]]:
-    """Split hits sorted by trigger_nr into up to ``parts`` (start, stop) ranges of about
-    equal size whose boundaries fall between triggers (an event is never split)."""
-    n = trig.size
-    if n == 0 or parts <= 1:
-        return [(0, n)]
-    bounds = [0]
-    for k in range(1, parts):
-        target = (n * k) // parts
-        if target <= bounds[-1]:
-            continue
-        # move the cut forward to the start of the next trigger
-        cut = int(np.searchsorted(trig, trig[target], side="left"))
-        if cut <= bounds[-1]:
-            cut = int(np.searchsorted(trig, trig[target], side="right"))
-        if bounds[-1] < cut < n:
-            bounds.append(cut)
-    bounds.append(n)
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-_PYMEPIX_ARGS = {"epsilon", "min_samples", "tot_threshold", "triggers_processed",
-                 "cs_sensor_size", "cs_min_cluster_size", "cs_max_dist_tof", "cs_tot_offset",
-                 "chunk_size_limit", "radius", "time_window_ns", "min_cluster_size"}
-
-
-class CentroidCalculator:
-    """Clustering + centroids with pymepix's name and parameters.
-
-    cent_timewalk_lut: centroid time-walk table (ns per ToT bin, see :mod:`.timewalk`; pymepix's
-    is scaled by 1e3, ours is not). number_of_processes: > 1 splits the events at trigger
-    boundaries over a persistent process pool (``mp_context``, default ``'spawn'``: safe in
-    any parent, no server process left behind) and concatenates the parts in order; the
-    output is identical for any number. Batches below ``min_hits_per_process`` hits per
-    process run in the caller. clustering_args: pymepix keys
-    ``epsilon``, ``min_samples``, ``tot_threshold``, ``triggers_processed`` (process every n-th
-    trigger of a batch), ``cs_min_cluster_size``, ``cs_max_dist_tof`` (s, the fast window),
-    ``chunk_size_limit``; and ours ``radius``, ``time_window_ns``, ``min_cluster_size``
-    (``cs_sensor_size``, ``cs_tot_offset`` are accepted and ignored). The dict is not modified.
-    dbscan_clustering: pymepix's DBSCAN instead of the fast algorithm (pymepix's default is
-    True, ours False). tot_threshold: keep hits with ``tot > tot_threshold`` (ToT counts).
-
-    Use as a context manager or call :meth:`close` to stop the worker processes.
-    """
-
-    def __init__(self, cent_timewalk_lut=None, number_of_processes: int = 1,
-                 clustering_args: dict | None = None, dbscan_clustering: bool = False,
-                 tot_threshold: int | None = None, min_cluster_size: int | None = None,
-                 radius: int | None = None, time_window_ns: float | None = None,
-                 mp_context: str | None = None, min_hits_per_process: int = 20000) -> None:
-        args = dict(clustering_args or {})
-        unknown = set(args) - _PYMEPIX_ARGS
-        if unknown:
-            raise ValueError(f"unknown clustering_args {sorted(unknown)}; known: {sorted(_PYMEPIX_ARGS)}")
-        self.epsilon = float(args.get("epsilon", DBSCAN_EPS))
-        self.min_samples = int(args.get("min_samples", DBSCAN_MIN_SAMPLES))
-        self.tot_threshold = int(tot_threshold if tot_threshold is not None else args.get("tot_threshold", 0))
-        self.triggers_processed = int(args.get("triggers_processed", 1))
-        if self.triggers_processed < 1:
-            raise ValueError("triggers_processed must be >= 1")
-        mcs = min_cluster_size if min_cluster_size is not None else args.get(
-            "min_cluster_size", args.get("cs_min_cluster_size"))
-        self.min_cluster_size = None if mcs is None else int(mcs)
-        self.radius = int(radius if radius is not None else args.get("radius", DEFAULT_RADIUS))
-        if time_window_ns is None:
-            time_window_ns = args.get("time_window_ns")
-        if time_window_ns is None and "cs_max_dist_tof" in args:
-            time_window_ns = float(args["cs_max_dist_tof"]) * 1e9
-        self.time_window_ns = float(DEFAULT_TIME_WINDOW_NS if time_window_ns is None else time_window_ns)
-        self.chunk_size_limit = int(args.get("chunk_size_limit", DBSCAN_CHUNK_HITS))
-        self.dbscan_clustering = bool(dbscan_clustering)
-        self.cent_timewalk_lut = cent_timewalk_lut
-        self.min_hits_per_process = int(min_hits_per_process)
-        self._mp_context = mp_context or "spawn"
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_size = 0
-        self.number_of_processes = number_of_processes
-        self._params()  # validate now, not at the first batch
-
-    @property
-    def number_of_processes(self) -> int:
-        return self._number_of_processes
-
-    @number_of_processes.setter
-    def number_of_processes(self, n: int) -> None:
-        if int(n) != n or n < 1:
-            raise ValueError(f"number_of_processes must be an integer >= 1, got {n!r}")
-        self._number_of_processes = int(n)
-
-    @property
-    def algorithm(self) -> str:
-        return "dbscan" if self.dbscan_clustering else "fast"
-
-    def _params(self) -> dict:
-        return _make_params(self.algorithm, self.tot_threshold, self.min_cluster_size, self.radius,
-                            self.time_window_ns, self.cent_timewalk_lut, self.epsilon,
-                            self.min_samples, self.chunk_size_limit)
-
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None or self._pool_size != self._number_of_processes:
-            self.close()
-            ctx = multiprocessing.get_context(self._mp_context)
-            self._pool = ProcessPoolExecutor(max_workers=self._number_of_processes, mp_context=ctx)
-            self._pool_size = self._number_of_processes
-        return self._pool
-
-    def _skip_triggers(self, arrays):
-        if self.triggers_processed == 1:
-            return arrays
-        trig = arrays[0]
-        trig_index = np.cumsum(np.r_[True, trig[1:] != trig[:-1]]) - 1
-        mask = trig_index % self.triggers_processed == 0
-        return tuple(a[mask] for a in arrays)
-
-    def process(self, events) -> Centroids:
-        """Centroids of one batch of events (sorted by trigger_nr, tof). ``None`` -> empty."""
-        if events is None:
-            return Centroids.empty()
-        params = self._params()
-        arrays = self._skip_triggers(_sorted_arrays(events))
-        n = arrays[3].size
-        if n == 0:
-            return Centroids.empty()
-        parts = min(self._number_of_processes, max(1, n // max(self.min_hits_per_process, 1)))
-        if parts <= 1:
-            return _run_sorted(arrays, params)
-        ranges = split_at_triggers(arrays[0], parts)
-        if len(ranges) == 1:
-            return _run_sorted(arrays, params)
-        pool = self._get_pool()
-        futures = [pool.submit(_pool_worker, tuple(a[s:e] for a in arrays), params) for s, e in ranges]
-        return Centroids.concat([f.result() for f in futures])
-
-    def close(self) -> None:
-        """Shut the worker processes down (they are restarted by the next parallel batch)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> "CentroidCalculator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+def __getattr__(name: str):
+    """``CentroidCalculator`` and ``split_at_triggers`` live in :mod:`.calculator` (imported
+    on first use: that module imports this one)."""
+    if name in ("CentroidCalculator", "split_at_triggers"):
+        from tango_tpx.processing import calculator
+        return getattr(calculator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

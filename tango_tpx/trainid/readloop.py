@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from ..runtime.guard import parent_alive
 from .protocol import FrameParser, TrainFrame
 from .shared import _SharedState
 
@@ -33,7 +34,7 @@ def make_transport(source: Any):
 def parent_gone(parent_pid: int | None) -> bool:
     """True when this process was started by ``parent_pid`` (not None) and that process is gone
     (the orphan guard of the reader process)."""
-    return parent_pid is not None and os.getppid() != parent_pid
+    return parent_pid is not None and not parent_alive(parent_pid)
 
 
 def run_read_loop(source: Any, stop: Any, emit: Callable[[list[TrainFrame]], None],

@@ -18,6 +18,7 @@ hdf5plugin`` (or ``HDF5_PLUGIN_PATH``) in the reader; ``lzf`` is readable by h5p
 from __future__ import annotations
 
 import os
+import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -42,17 +43,11 @@ def shuffles(dtype: Any) -> bool:
     return np.dtype(dtype).itemsize in (2, 4)
 
 
-#: Datasets the deflate choice stores unfiltered: ToT-weighted means (float mantissas of
-#: noise) deflate by only ~1.2-1.4x at ~10-30 ns per row, the costliest part of the output.
-DEFLATE_PLAIN = frozenset({"centroided/x", "centroided/y", "centroided/tof", "centroided/tot avg"})
-
-
 def dataset_kwargs(compression: str | None, dtype: Any = np.uint16, path: str = "") -> dict[str, Any]:
     """h5py ``create_dataset`` keyword arguments (the filter pipeline) for a compression choice,
-    a column ``dtype`` and the dataset ``path`` (see :data:`DEFLATE_PLAIN`)."""
+    a column ``dtype`` and the dataset ``path`` (every dataset of a choice gets the same
+    filters today; the path is there for per-dataset choices)."""
     if compression == "deflate":
-        if path in DEFLATE_PLAIN:
-            return {}
         return {"compression": "gzip", "compression_opts": DEFLATE_LEVEL, "shuffle": shuffles(dtype)}
     if compression in ("blosc-lz4", "blosc-zstd"):
         import hdf5plugin
@@ -71,32 +66,100 @@ def dataset_kwargs(compression: str | None, dtype: Any = np.uint16, path: str = 
     raise ValueError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
 
 
-def _deflate_function() -> tuple[str, Callable[[Any], bytes]]:
-    """(library name, zlib-format compress(buffer) at DEFLATE_LEVEL) of the fastest library present."""
+def _zlib_module() -> tuple[str, Any]:
+    """(library name, module) of the fastest zlib-API deflate library present: ``isal`` >
+    ``zlib-ng`` > ``zlib`` (each has ``compress(data, level, wbits)``, ``compressobj`` and
+    ``adler32``)."""
     try:
         from isal import isal_zlib
 
-        return "isal", lambda b: isal_zlib.compress(b, DEFLATE_LEVEL)
+        return "isal", isal_zlib
     except ImportError:
         pass
     try:
         from zlib_ng import zlib_ng
 
-        return "zlib-ng", lambda b: zlib_ng.compress(b, DEFLATE_LEVEL)
-    except ImportError:
-        pass
-    try:
-        import deflate
-
-        return "libdeflate", lambda b: deflate.zlib_compress(b, DEFLATE_LEVEL)
+        return "zlib-ng", zlib_ng
     except ImportError:
         pass
     import zlib
 
-    return "zlib", lambda b: zlib.compress(b, DEFLATE_LEVEL)
+    return "zlib", zlib
 
 
-DEFLATE_LIBRARY, _compress = _deflate_function()
+DEFLATE_LIBRARY, _zlib = _zlib_module()
+
+#: A byte plane is deflated only if a sample of it shrinks at least this much; the others go
+#: into the stream as stored blocks (a copy). Deflating a plane of nearly random bytes (the
+#: low byte of a pixel coordinate, the mantissa of a mean) costs 2-5 ns/byte at level 1 for a
+#: few % smaller files; a plane of constant bytes costs ~0.2 ns/byte and vanishes.
+PLANE_MIN_RATIO = 2.0
+#: Bytes of the sample that decides a plane (compressed once more: ~3 % of the plane's cost),
+#: taken in :data:`PLANE_SAMPLE_PIECES` pieces spread over the plane (one piece from its
+#: start misjudges ~5 % of the time columns: a long event's spread of times).
+PLANE_SAMPLE = 4096
+PLANE_SAMPLE_PIECES = 4
+#: zlib header of the streams: deflate, 32 KiB window, "fastest" level, no dictionary.
+_ZLIB_HEAD = b"\x78\x01"
+#: Deflate stored blocks hold at most this many bytes.
+_STORED_MAX = 65535
+
+
+def _stored_blocks(data: memoryview, final: bool, parts: list) -> None:
+    """Append ``data`` to ``parts`` as deflate stored blocks (at a byte boundary: 3 header
+    bits padded to a byte, LEN, ~LEN, the bytes); ``final``: the last one ends the stream."""
+    n = len(data)
+    for i in range(0, n, _STORED_MAX):
+        piece = data[i:i + _STORED_MAX]
+        last = final and i + _STORED_MAX >= n
+        parts.append(struct.pack("<BHH", 1 if last else 0, len(piece), len(piece) ^ 0xFFFF))
+        parts.append(piece)
+
+
+def deflate_bytes(buf: np.ndarray | bytes, planes: int = 1) -> bytes:
+    """One zlib stream of ``buf`` (what HDF5's deflate filter stores and any zlib inflates).
+
+    ``buf`` is split into ``planes`` equal byte planes (the item size of a byte-shuffled
+    chunk, else 1). A plane is deflated at :data:`DEFLATE_LEVEL` when a
+    :data:`PLANE_SAMPLE`-byte sample of it compresses by :data:`PLANE_MIN_RATIO` or more,
+    otherwise it is stored uncompressed inside the stream; neighbouring planes with the same
+    choice form one segment. Deflated segments are raw deflate streams of a fresh compressor
+    (no reference before their start), closed by a sync flush except the last one.
+    """
+    mv = memoryview(buf).cast("B")
+    n = len(mv)
+    if n == 0:
+        return _zlib.compress(b"", DEFLATE_LEVEL)
+    if planes < 1 or n % planes:
+        planes = 1
+    step = n // planes
+    deflated = []
+    piece = PLANE_SAMPLE // PLANE_SAMPLE_PIECES
+    for j in range(planes):
+        if step <= PLANE_SAMPLE:
+            sample = mv[j * step:(j + 1) * step]
+        else:
+            starts = [j * step + (step - piece) * i // (PLANE_SAMPLE_PIECES - 1) for i in range(PLANE_SAMPLE_PIECES)]
+            sample = b"".join(mv[a:a + piece] for a in starts)
+        deflated.append(len(_zlib.compress(sample, DEFLATE_LEVEL, -15)) * PLANE_MIN_RATIO <= len(sample))
+    parts: list = [_ZLIB_HEAD]
+    j = 0
+    while j < planes:
+        k = j + 1
+        while k < planes and deflated[k] == deflated[j]:
+            k += 1
+        seg, last = mv[j * step:k * step], k == planes
+        if not deflated[j]:
+            _stored_blocks(seg, last, parts)
+        elif last:
+            parts.append(_zlib.compress(seg, DEFLATE_LEVEL, -15))
+        else:
+            c = _zlib.compressobj(DEFLATE_LEVEL, _zlib.DEFLATED, -15)
+            parts.append(c.compress(seg))
+            parts.append(c.flush(_zlib.Z_SYNC_FLUSH))
+        j = k
+    parts.append(struct.pack(">I", _zlib.adler32(mv) & 0xFFFFFFFF))
+    return b"".join(parts)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -146,7 +209,13 @@ def chunk_bytes(values: np.ndarray, chunk_rows: int, out: np.ndarray | None = No
 
 def deflate_chunk(values: np.ndarray, chunk_rows: int) -> bytes:
     """The stored bytes of one chunk under the deflate pipeline of :func:`dataset_kwargs`."""
-    return _compress(chunk_bytes(values, chunk_rows))
+    return deflate_bytes(chunk_bytes(values, chunk_rows), _planes(values.dtype))
+
+
+def _planes(dtype: Any) -> int:
+    """Byte planes of a chunk of ``dtype`` values as the deflate pipeline stores it."""
+    size = np.dtype(dtype).itemsize
+    return size if shuffles(dtype) else 1
 
 
 def default_threads() -> int:
@@ -187,13 +256,14 @@ class ChunkWriter:
         free = self._free.get(nbytes)
         buf = chunk_bytes(values, chunk_rows, free.pop() if free else None)
         self.bytes_in += buf.nbytes
+        planes = _planes(values.dtype)
         if self._pool is None:
-            data = _compress(buf)
+            data = deflate_bytes(buf, planes)
             self.bytes_out += len(data)
             dset.id.write_direct_chunk((row,), data)
             self._release(buf)
             return
-        self._pending.append((dset, row, self._pool.submit(_compress, buf), buf))
+        self._pending.append((dset, row, self._pool.submit(deflate_bytes, buf, planes), buf))
         self._write_ready(block=len(self._pending) > self.max_pending)
 
     def _write_ready(self, block: bool) -> None:
@@ -227,5 +297,5 @@ class ChunkWriter:
                 self._pool.shutdown(wait=True)
 
 
-__all__ = ["COMPRESSIONS", "DEFAULT_COMPRESSION", "NEEDS_HDF5PLUGIN", "DEFLATE_LIBRARY", "DEFLATE_PLAIN", "dataset_kwargs",
-           "shuffles", "chunk_bytes", "deflate_chunk", "default_threads", "ChunkWriter"]
+__all__ = ["COMPRESSIONS", "DEFAULT_COMPRESSION", "NEEDS_HDF5PLUGIN", "DEFLATE_LIBRARY", "PLANE_MIN_RATIO", "dataset_kwargs",
+           "shuffles", "chunk_bytes", "deflate_bytes", "deflate_chunk", "default_threads", "ChunkWriter"]

@@ -89,14 +89,16 @@ def _zlib_module() -> tuple[str, Any]:
 
 DEFLATE_LIBRARY, _zlib = _zlib_module()
 
-#: A byte plane is deflated only if a sample of it shrinks at least this much; the others go
-#: into the stream as stored blocks (a copy). Deflating a plane of nearly random bytes (the
-#: low byte of a pixel coordinate, the mantissa of a mean) costs 2-5 ns/byte at level 1 for a
-#: few % smaller files; a plane of constant bytes costs ~0.2 ns/byte and vanishes.
+#: A byte plane is deflated only if it is expected to shrink at least this much; the others
+#: go into the stream as stored blocks (a copy). Deflating a plane of nearly random bytes
+#: (the low byte of a pixel coordinate, the mantissa of a mean) costs 2-5 ns/byte at level 1
+#: for a few % smaller files; a plane of constant bytes costs ~0.2 ns/byte and vanishes.
 PLANE_MIN_RATIO = 2.0
-#: Bytes of the sample that decides a plane (compressed once more: ~3 % of the plane's cost),
-#: taken in :data:`PLANE_SAMPLE_PIECES` pieces spread over the plane (one piece from its
-#: start misjudges ~5 % of the time columns: a long event's spread of times).
+#: Bytes of the sample that decides a plane, taken in :data:`PLANE_SAMPLE_PIECES` pieces
+#: spread over the plane (one piece from its start misjudges ~5 % of the time columns: a long
+#: event's spread of times). A byte plane of shuffled values is judged by the sample's byte
+#: entropy (Huffman coding reaches it; ~5 us); an unshuffled chunk, whose gain is in repeated
+#: strings, by deflating the sample (~35 us, ~3 % of deflating a 1 MiB chunk).
 PLANE_SAMPLE = 4096
 PLANE_SAMPLE_PIECES = 4
 #: zlib header of the streams: deflate, 32 KiB window, "fastest" level, no dictionary.
@@ -116,13 +118,42 @@ def _stored_blocks(data: memoryview, final: bool, parts: list) -> None:
         parts.append(piece)
 
 
+def _piece_starts(n: int, pieces: int, piece: int) -> list[int]:
+    """Offsets of ``pieces`` pieces of ``piece`` bytes spread evenly over ``n`` bytes."""
+    return [(n - piece) * k // (pieces - 1) for k in range(pieces)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample_entropy(plane: np.ndarray, pieces: int, piece: int) -> float:
+    """Byte entropy (bits per byte, 0..8) of ``pieces`` pieces of ``piece`` bytes spread over
+    ``plane`` (uint8; all of it when shorter)."""
+    hist = np.zeros(256, np.int64)
+    n = plane.shape[0]
+    if n <= pieces * piece:
+        for i in range(n):
+            hist[plane[i]] += 1
+        total = n
+    else:
+        for k in range(pieces):
+            a = (n - piece) * k // (pieces - 1)
+            for i in range(a, a + piece):
+                hist[plane[i]] += 1
+        total = pieces * piece
+    h = 0.0
+    for c in hist:
+        if c:
+            p = c / total
+            h -= p * np.log2(p)
+    return h
+
+
 def deflate_bytes(buf: np.ndarray | bytes, planes: int = 1) -> bytes:
     """One zlib stream of ``buf`` (what HDF5's deflate filter stores and any zlib inflates).
 
     ``buf`` is split into ``planes`` equal byte planes (the item size of a byte-shuffled
     chunk, else 1). A plane is deflated at :data:`DEFLATE_LEVEL` when a
-    :data:`PLANE_SAMPLE`-byte sample of it compresses by :data:`PLANE_MIN_RATIO` or more,
-    otherwise it is stored uncompressed inside the stream; neighbouring planes with the same
+    :data:`PLANE_SAMPLE`-byte sample of it says it shrinks by :data:`PLANE_MIN_RATIO` or
+    more, otherwise it is stored uncompressed inside the stream; neighbouring planes with the same
     choice form one segment. Deflated segments are raw deflate streams of a fresh compressor
     (no reference before their start), closed by a sync flush except the last one.
     """
@@ -133,15 +164,17 @@ def deflate_bytes(buf: np.ndarray | bytes, planes: int = 1) -> bytes:
     if planes < 1 or n % planes:
         planes = 1
     step = n // planes
-    deflated = []
     piece = PLANE_SAMPLE // PLANE_SAMPLE_PIECES
-    for j in range(planes):
-        if step <= PLANE_SAMPLE:
-            sample = mv[j * step:(j + 1) * step]
+    if planes > 1:
+        arr = np.frombuffer(mv, np.uint8)
+        deflated = [_sample_entropy(arr[j * step:(j + 1) * step], PLANE_SAMPLE_PIECES, piece) * PLANE_MIN_RATIO <= 8.0
+                    for j in range(planes)]
+    else:
+        if n <= PLANE_SAMPLE:
+            sample = mv
         else:
-            starts = [j * step + (step - piece) * i // (PLANE_SAMPLE_PIECES - 1) for i in range(PLANE_SAMPLE_PIECES)]
-            sample = b"".join(mv[a:a + piece] for a in starts)
-        deflated.append(len(_zlib.compress(sample, DEFLATE_LEVEL, -15)) * PLANE_MIN_RATIO <= len(sample))
+            sample = b"".join(mv[a:a + piece] for a in _piece_starts(n, PLANE_SAMPLE_PIECES, piece))
+        deflated = [len(_zlib.compress(sample, DEFLATE_LEVEL, -15)) * PLANE_MIN_RATIO <= len(sample)]
     parts: list = [_ZLIB_HEAD]
     j = 0
     while j < planes:
@@ -218,13 +251,16 @@ def _planes(dtype: Any) -> int:
     return size if shuffles(dtype) else 1
 
 
-def default_threads() -> int:
-    """Compression threads: the CPUs this process may use, at most 4."""
+def default_threads(busy_processes: int = 0) -> int:
+    """Compression threads: the CPUs this process may use less ``busy_processes`` (the
+    processes that already keep CPUs busy, e.g. a converter's workers), at most 4; 0 means
+    compress in the writing thread. On CPUs that are all busy, a thread only adds its
+    hand-over cost (measured: +10 ns of CPU per hit, ~25 % of the writer's CPU)."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    return max(1, min(4, n))
+    return max(0, min(4, n - max(0, int(busy_processes))))
 
 
 class ChunkWriter:
@@ -238,7 +274,7 @@ class ChunkWriter:
     """
 
     def __init__(self, threads: int | None = None, max_pending: int | None = None):
-        self.threads = default_threads() if threads is None else max(0, int(threads))
+        self.threads = max(1, default_threads()) if threads is None else max(0, int(threads))
         self.max_pending = max_pending or 8 * self.threads + 16
         # 0 threads: compress in the calling thread (no hand-over, no copies kept waiting)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tango-tpx-deflate") if self.threads else None

@@ -1,15 +1,19 @@
-"""HDF5 compression choices, and the default one's fast path: deflate chunks compressed in
-parallel threads and written with h5py's direct chunk write.
+"""HDF5 compression choices, and the default one's fast path: deflate chunks built byte plane
+by byte plane and written with h5py's direct chunk write.
 
 ``deflate`` (the default) is HDF5's built-in shuffle + deflate (gzip) filter pair: every
 HDF5 reader opens it (plain h5py, h5dump, MATLAB, ROOT, ...) without ``hdf5plugin``. HDF5's
-own deflate runs zlib in the writing thread (~10x slower than Blosc/LZ4); here the chunks
-bypass it: each chunk of 2- or 4-byte values is byte-shuffled (a numba kernel), and
-every chunk is compressed at level 1 by the fastest deflate library available (``isal`` > ``zlib-ng`` >
-``libdeflate`` > ``zlib``) on a small thread pool (these libraries release the GIL), then
-stored with ``write_direct_chunk`` in dataset order. The bytes on disk are exactly what
-HDF5's shuffle + deflate filters would produce (a zlib stream of the shuffled chunk), so
-any reader decodes them with its built-in filters.
+own deflate runs zlib over every byte in the writing thread (~10x slower than Blosc/LZ4);
+here the chunks bypass it. Each chunk of 2- or 4-byte values is byte-shuffled (a numba
+kernel) into byte planes; a plane that deflate would at least halve (judged from a 4 KiB
+sample: constant high bytes, small counts) is deflated at level 1 by the fastest library
+available (``isal`` > ``zlib-ng`` > ``zlib``), a plane of nearly random bytes (low bytes of
+coordinates, float mantissas) goes into the same zlib stream as *stored* deflate blocks, a
+copy. The result is one standard zlib stream of the shuffled chunk, the bytes HDF5's shuffle
++ deflate filters decode, stored with ``write_direct_chunk``: about as small as deflating
+everything, at about half its CPU, and cheaper than Blosc/LZ4
+(``benchmarks/convert.py`` measures both). The chunks are compressed in the writing thread,
+or on a few threads when spare CPUs exist (:func:`default_threads`).
 
 The Blosc/LZ4/zstd choices (``blosc-lz4``, ``blosc-zstd``, ``lz4``) need ``import
 hdf5plugin`` (or ``HDF5_PLUGIN_PATH``) in the reader; ``lzf`` is readable by h5py only.
@@ -264,7 +268,8 @@ def default_threads(busy_processes: int = 0) -> int:
 
 
 class ChunkWriter:
-    """Deflate chunks on a thread pool and store them in order with ``write_direct_chunk``.
+    """Deflate chunks (:func:`deflate_bytes`) on a thread pool, or in the calling thread
+    (``threads=0``), and store them in order with ``write_direct_chunk``.
 
     :meth:`put` shuffles a chunk (in the calling thread: the caller's arrays may be reused
     as soon as it returns) and queues its compression; finished chunks are written, in

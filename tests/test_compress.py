@@ -86,3 +86,37 @@ def test_chunks_read_by_plain_h5py_without_hdf5plugin(tmp_path, dtype):
 def test_deflate_chunk_is_the_shuffled_chunk():
     vals = np.arange(1000, dtype=np.uint32) * 25
     assert zlib.decompress(deflate_chunk(vals, 1024)) == chunk_bytes(vals, 1024).tobytes()
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_every_default_dataset_is_deflate_and_read_without_hdf5plugin(tmp_path, threads):
+    """Every dataset of a default (deflate) file carries HDF5's own deflate filter, and a plain
+    h5py that never imports hdf5plugin reads every one of them back exactly."""
+    from tango_tpx.io.hdf5 import DATASETS, Hdf5Writer
+
+    n, m = 300_000, 40_000
+    trig = np.sort(RNG.integers(0, 5000, n))
+    raw = {"trigger nr": trig, "x": RNG.integers(0, 256, n).astype(np.uint16),
+           "y": RNG.integers(0, 256, n).astype(np.uint16), "tof": RNG.integers(0, 1 << 24, n) * 6.1e-12,
+           "tot": (RNG.integers(1, 400, n) * 25).astype(np.uint32)}
+    cen = {"trigger nr": np.sort(RNG.integers(0, 5000, m)), "x": RNG.random(m, np.float32) * 256,
+           "y": RNG.random(m, np.float32) * 256, "tof": RNG.random(m) * 1e-3,
+           "tot avg": RNG.random(m, np.float32) * 1e4, "tot max": (RNG.integers(1, 400, m) * 25).astype(np.uint32),
+           "tot sum": (RNG.integers(1, 4000, m) * 25).astype(np.uint32),
+           "clustersize": RNG.integers(3, 30, m).astype(np.uint32)}
+    p = tmp_path / "all.h5"
+    with Hdf5Writer(p, threads=threads) as w:
+        for a in range(0, n, 70_000):   # uneven pieces: partial chunks in the buffers
+            w.append_columns("raw", {k: v[a:a + 70_000] for k, v in raw.items()})
+        w.append_columns("centroided", cen)
+    expect = {f"raw/{k}": v for k, v in raw.items()} | {f"centroided/{k}": v for k, v in cen.items()}
+    np.savez(tmp_path / "expect.npz", **{k.replace("/", "|"): v for k, v in expect.items()})
+    with h5py.File(p, "r") as f:
+        for path in DATASETS:
+            assert f[path].compression == "gzip", path
+    code = ("import sys, h5py, numpy as np; f = h5py.File(sys.argv[1], 'r'); e = np.load(sys.argv[2]); "
+            "assert 'hdf5plugin' not in sys.modules; "
+            "[np.testing.assert_array_equal(f[k.replace('|', '/')][:], e[k]) for k in e.files]; print(len(e.files))")
+    out = subprocess.run([sys.executable, "-c", code, str(p), str(tmp_path / "expect.npz")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "13", out.stderr

@@ -294,10 +294,17 @@ class ChunkWriter:
         """Queue ``values`` (one chunk's rows, at most ``chunk_rows``) as the chunk that
         starts at ``row`` (a multiple of ``chunk_rows``) of ``dset``, already resized."""
         nbytes = chunk_rows * values.dtype.itemsize
+        planes = _planes(values.dtype)
+        if self._pool is None and planes == 1 and len(values) == chunk_rows and values.flags.c_contiguous:
+            # a whole unshuffled chunk compressed in this thread: straight from the caller's array
+            self.bytes_in += nbytes
+            data = deflate_bytes(values, 1)
+            self.bytes_out += len(data)
+            dset.id.write_direct_chunk((row,), data)
+            return
         free = self._free.get(nbytes)
         buf = chunk_bytes(values, chunk_rows, free.pop() if free else None)
         self.bytes_in += buf.nbytes
-        planes = _planes(values.dtype)
         if self._pool is None:
             data = deflate_bytes(buf, planes)
             self.bytes_out += len(data)

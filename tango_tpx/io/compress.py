@@ -179,6 +179,8 @@ def deflate_bytes(buf: np.ndarray | bytes, planes: int = 1) -> bytes:
         else:
             sample = b"".join(mv[a:a + piece] for a in _piece_starts(n, PLANE_SAMPLE_PIECES, piece))
         deflated = [len(_zlib.compress(sample, DEFLATE_LEVEL, -15)) * PLANE_MIN_RATIO <= len(sample)]
+    if all(deflated):  # one segment: the library's own zlib stream (its Adler-32 comes free)
+        return _zlib.compress(mv, DEFLATE_LEVEL)
     parts: list = [_ZLIB_HEAD]
     j = 0
     while j < planes:

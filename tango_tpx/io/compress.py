@@ -157,8 +157,8 @@ def deflate_bytes(buf: np.ndarray | bytes, planes: int = 1) -> bytes:
     ``buf`` is split into ``planes`` equal byte planes (the item size of a byte-shuffled
     chunk, else 1). A plane is deflated at :data:`DEFLATE_LEVEL` when a
     :data:`PLANE_SAMPLE`-byte sample of it says it shrinks by :data:`PLANE_MIN_RATIO` or
-    more, otherwise it is stored uncompressed inside the stream; neighbouring planes with the same
-    choice form one segment. Deflated segments are raw deflate streams of a fresh compressor
+    more, otherwise it is stored uncompressed inside the stream; neighbouring planes with the
+    same choice form one segment. Deflated segments are raw deflate streams of a fresh compressor
     (no reference before their start), closed by a sync flush except the last one.
     """
     mv = memoryview(buf).cast("B")
@@ -297,7 +297,8 @@ class ChunkWriter:
         starts at ``row`` (a multiple of ``chunk_rows``) of ``dset``, already resized."""
         nbytes = chunk_rows * values.dtype.itemsize
         planes = _planes(values.dtype)
-        if self._pool is None and planes == 1 and len(values) == chunk_rows and values.flags.c_contiguous:
+        whole = len(values) == chunk_rows and values.flags.c_contiguous
+        if self._pool is None and planes == 1 and whole:
             # a whole unshuffled chunk compressed in this thread: straight from the caller's array
             self.bytes_in += nbytes
             data = deflate_bytes(values, 1)

@@ -349,4 +349,5 @@ class ChunkWriter:
 
 
 __all__ = ["COMPRESSIONS", "DEFAULT_COMPRESSION", "NEEDS_HDF5PLUGIN", "DEFLATE_LIBRARY", "PLANE_MIN_RATIO",
-           "dataset_kwargs", "shuffles", "chunk_bytes", "deflate_bytes", "deflate_chunk", "default_threads", "ChunkWriter"]
+           "dataset_kwargs", "shuffles", "chunk_bytes", "deflate_bytes", "deflate_chunk", "default_threads",
+           "ChunkWriter"]

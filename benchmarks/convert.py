@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
                   + ", ".join(f"{r_full.hits / t / 1e6:.2f}" for t in runs[c]) + " Mhits/s")
         if len(comps) > 1:
             print(f"  ratio {comps[0]} / {comps[1]}: {mh[comps[0]] / mh[comps[1]]:.3f} (Mhits/s), "
-                  f"output size {sizes[comps[0]] / sizes[comps[1]]:.3f}")
+                  f"output size {sizes[comps[0]] / sizes[comps[1]]:.3f}, CPU per hit "
+                  f"{cpus[comps[0]] / cpus[comps[1]]:.3f} (on a loaded machine the CPU ratio is the steadier one)")
         rss_main, rss_child = rss.main, rss.worker
         print(f"  peak RSS during the conversion: main process {rss_main:.0f} MiB (was {rss0:.0f} MiB before), "
               f"largest worker {rss_child:.0f} MiB, for a {size / 1e9:.2f} GB input")
@@ -329,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
             "h5_mb_by_compression": {c: round(v / 1e6, 1) for c, v in sizes.items()},
             "cpu_ns_per_hit_by_compression": {c: round(v / r_full.hits * 1e9, 1) for c, v in cpus.items()},
             "ratio_first_vs_second_compression": round(mh[comps[0]] / mh[comps[1]], 3) if len(comps) > 1 else None,
+            "cpu_ratio_first_vs_second_compression": round(cpus[comps[0]] / cpus[comps[1]], 3)
+            if len(comps) > 1 else None,
             "slice_hits": slice_hits, "dbscan_mhits_per_s": round(mh_db, 3),
             "slice_fast_mhits_per_s": round(mh_fs, 2), "slice_fast_1proc_mhits_per_s": round(mh_f1, 2),
             "ratio_fast_vs_dbscan_slice": round(mh_fs / mh_db, 1),

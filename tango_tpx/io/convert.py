@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from tango_tpx.io.compress import DEFAULT_COMPRESSION
+from tango_tpx.io.compress import DEFAULT_COMPRESSION, default_threads
 from tango_tpx.io.engine import (
     DEFAULT_BATCH_HITS,
     DEFAULT_CHUNK_WORDS,
@@ -159,7 +159,8 @@ def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: 
             workers = open_workers(params, number_of_processes)
             if workers.inline_reason:
                 result.warnings.append(workers.inline_reason)
-            writer = Hdf5Writer(partial, job.attrs, overwrite=True, compression=job.compression)
+            writer = Hdf5Writer(partial, job.attrs, overwrite=True, compression=job.compression,
+                                threads=default_threads(1 if workers.inline_reason else number_of_processes))
             workers.sink.writer = writer
             if train_ids and job.train_ids is not None and len(job.train_ids):
                 writer.append_train_ids(job.train_ids)

@@ -89,10 +89,12 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         self._roi = v.roi
         # every chunk sent from now on says which settings made it (see livesettings)
         self.out_meta = {META_SETTINGS_VERSION: self._live_gen // 2, META_CLUSTERING: v.clustering.to_attrs()}
+        # the events of the triggers from now on are made with this version; an event whose
+        # trigger came before keeps its version (window, clustering): it is never split
+        if self.packet_processor is not None:
+            self.packet_processor.set_event_window(tuple(v.event_window), self.out_meta)
         if tuple(v.event_window) != tuple(self.event_window):
             self.event_window = tuple(v.event_window)
-            if self.packet_processor is not None:
-                self.packet_processor.event_window = self.event_window
             self._tof_lo, self._tof_hi, self._tof_axis_ns = tof_bins(self.event_window, N_TOF_BINS)
             self._pv_hist[...] = 0      # a histogram holds one binning: restart it
             self._acq_hist[...] = 0
@@ -114,6 +116,7 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         self.decoder = Decoder(framing=self.framing, layout=self.layout)
         self.decoder.anchor(self._detector_time(meta))   # a pair in the first chunk replaces it
         self.packet_processor = PacketProcessor(self.event_window, self.timewalk_lut)
+        self.packet_processor.set_event_window(self.event_window, self.out_meta)
         self._carry = np.zeros(0, np.uint8)
         self._stats_prev = {}
         self._acq_id = int(meta.get(META_ID, 0))

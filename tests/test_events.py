@@ -122,12 +122,12 @@ def test_trigger_numbers_are_global_and_window_changes_between_chunks():
     b = pp.process(chunk(pix_us=[21, 24, 35], trig_us=[20, 30])).events
     c = pp.flush().events
     allev = Events.concat([a, b, c])
-    # the new window applies to every event not yet released: pixel 15 us (tof 5 us of
-    # trigger 1, still open when the window changed) and 24, 35 us are outside 0..2 us
+    # the new window applies to the triggers after the change: pixel 15 us (tof 5 us of
+    # trigger 1, still open when the window changed) keeps 0..5 us; 24, 35 us are outside 0..2 us
     assert a.trigger_nr.tolist() == [0, 0]
-    assert allev.trigger_nr.tolist() == [0, 0, 2]
-    assert (allev.tof * UNIT_NS).round(3).tolist() == [1000.0, 4000.0, 1000.0]
-    assert pp.stats["triggers"] == 4 and pp.stats["outside_window"] == 3
+    assert allev.trigger_nr.tolist() == [0, 0, 1, 2]
+    assert (allev.tof * UNIT_NS).round(3).tolist() == [1000.0, 4000.0, 5000.0, 1000.0]
+    assert pp.stats["triggers"] == 4 and pp.stats["outside_window"] == 2
     with pytest.raises(ValueError, match="start"):
         pp.event_window = (2e-6, 1e-6)
     with pytest.raises(ValueError, match=">= 0"):

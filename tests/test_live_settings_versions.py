@@ -15,8 +15,11 @@ once with that version's settings; every live chunk tagged with version ``v`` eq
 offline rows of its trigger numbers (trigger numbers are global, from 0 per acquisition, in
 both paths), row for row in the HDF5 file's units.
 
-The window ends are at least one trigger period (1 ms at 1 kHz): an event is then always
-released whole, after the next trigger, under one version (see :mod:`tango_tpx.pipeline.livesettings`).
+The second window ends at 0.3 ms, shorter than the trigger period (1 ms at 1 kHz): the event
+open when it is set is partly released already, and the one open when the next (2 ms) window
+is set too; an event keeps the version its trigger came with (see
+:mod:`tango_tpx.pipeline.livesettings`), so it is still in one chunk, equal to the offline
+conversion with that version.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ DURATION_S = 0.6
 #: the settings of the four parts: event window (s) and clustering
 SETTINGS = [
     (EventWindow(0.0, 1e-3), ClusteringConfig(radius=1, time_window_ns=200.0)),
-    (EventWindow(1e-6, 1e-3), ClusteringConfig(radius=2, time_window_ns=200.0)),
+    (EventWindow(1e-6, 0.3e-3), ClusteringConfig(radius=2, time_window_ns=200.0)),
     (EventWindow(0.0, 2e-3), ClusteringConfig(radius=3, time_window_ns=100.0)),
     (EventWindow(2.5e-6, 1.5e-3), ClusteringConfig(radius=1, time_window_ns=500.0)),
 ]

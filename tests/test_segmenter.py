@@ -139,3 +139,70 @@ def test_timewalk_is_applied_once_on_entry():
     seg.add_pixels(px)
     ev, _, _ = segment_events(seg.release(final=True), (0, INF))
     np.testing.assert_array_equal(ev.toa, np.sort(corrected))
+
+
+#: (stream time in us after which it is set, event window end in us) of the window versions
+#: 1, 2, 3: shortened in the middle of event 10 (before its old end), lengthened back in the
+#: middle of event 20 (after its new end: the event is partly released already)
+_VERSIONS = [(None, 80), (1000 + 10 * 100 + 45, 10), (1000 + 20 * 100 + 60, 80)]
+
+
+@pytest.mark.parametrize("presort", [True, False])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_window_change_applies_to_later_triggers_and_never_splits_an_event(presort, seed):
+    rng = np.random.default_rng(seed)
+    trig = (1000 + 100 * np.arange(30)) * US                       # a trigger every 100 us
+    offsets = np.array([0, 3, 10, 10.01, 25, 40, 79, 80, 80.01, 99], float)   # ToF of the hits, us
+    toa = (trig[:, None] + (offsets * US).astype(np.int64)[None, :]).ravel()
+    toa = np.concatenate((np.array([500 * US]), toa))              # one hit before the first trigger
+    n = len(toa)
+    arrival = np.argsort(toa + rng.integers(0, 15 * US, n), kind="stable")   # up to 15 us late
+    px = PixelHits(np.arange(n, dtype=np.uint16)[arrival], np.zeros(n, np.uint16), toa[arrival],
+                   np.ones(n, np.uint16), np.zeros(n, np.uint8))
+    seg = Segmenter((0, 80 * US), 20 * US, presort=presort)
+    seg.set_window((0, 80 * US), 1)
+    trig_version = np.zeros(len(trig), np.int64)                    # the version each trigger came with
+    parts: list[tuple[int, Events]] = []
+
+    def release(final: bool = False) -> None:
+        while (s := seg.release(final)) is not None:
+            parts.append((s.tag, segment_events(s, s.window)[0]))
+
+    pos, fed, version = 0, -1, 1
+    while pos < n:
+        m = int(rng.choice([1, 2, 3, 7, 11, 19, 23]))                  # awkward chunk sizes
+        chunk = px.take(slice(pos, pos + m))
+        pos += m
+        reach = max(fed, int(chunk.toa.max()))
+        new = (trig > fed) & (trig <= reach)
+        seg.add_triggers(_triggers(trig[new]))
+        trig_version[new] = version
+        fed = reach
+        seg.add_pixels(chunk)
+        release()
+        if version < len(_VERSIONS) and fed >= _VERSIONS[version][0] * US:
+            version += 1
+            seg.set_window((0, _VERSIONS[version - 1][1] * US), version)
+    release(final=True)
+    assert version == 3 and set(trig_version.tolist()) == {1, 2, 3}
+
+    # every event whole in exactly one part, made with the window of its trigger's version
+    ends = np.array([0] + [end for _, end in _VERSIONS]) * US
+    seen: set[int] = set()
+    for tag, ev in parts:
+        nrs = set(np.unique(ev.trigger_nr).tolist())
+        assert not nrs & seen, f"events split over two outputs: {sorted(nrs & seen)}"
+        seen |= nrs
+        assert all(trig_version[k] == tag for k in nrs), (tag, sorted(nrs))
+    got = Events.concat([ev for _, ev in parts])
+    assert np.all(np.diff(got.toa) >= 0)
+    nr = np.searchsorted(trig, np.sort(toa), side="right") - 1
+    tof = np.sort(toa) - trig[np.maximum(nr, 0)]
+    keep = (nr >= 0) & (tof <= ends[trig_version[np.maximum(nr, 0)]])
+    np.testing.assert_array_equal(got.toa, np.sort(toa)[keep])
+    np.testing.assert_array_equal(got.trigger_nr, nr[keep])
+    assert len(np.unique(got.x)) == len(got) and seen == set(range(len(trig)))
+    # the event open at each change kept its window: 80 us, then 10 us
+    assert trig_version[10] == 1 and got.tof[got.trigger_nr == 10].max() == 80 * US
+    assert trig_version[20] == 2 and got.tof[got.trigger_nr == 20].max() == 10 * US
+    assert seg.stats["pixels_in"] == n and seg.stats["late_pixels"] == 0 and seg.held_pixels == 0

@@ -3,13 +3,9 @@
 An armed pipeline is started once (processes forked and warmed, UDP socket bound) and then
 serves any number of acquisitions:
 
-* :class:`GatedUdpSampler` receives all the time. While the gate is closed it drops what it
-  receives (counted in ``idle_bytes``), keeping only the latest global time (0x44/0x45
-  pair) in it and the host time it came. ``begin`` opens the gate (and the recording, if
-  asked) and sends a *begin* marker down with that detector clock; ``end`` sends an *end*
-  marker, closes the gate and the recording. Each raw chunk carries its byte offset in the
-  acquisition (meta ``o``), so the decoder can name the exact byte where a bounded
-  acquisition ended.
+* :class:`~.gatedreceiver.GatedUdpSampler` receives all the time and drops what it receives
+  while the gate is closed; ``begin`` / ``end`` open and close the gate (and the recording)
+  and send *begin* / *end* markers down (:mod:`.gatedreceiver`).
 * :class:`GatedPacketProcessor` starts a fresh decoder and event builder at each *begin*
   marker (trigger numbers restart at 0, exactly as an offline conversion of the file),
   the decoder anchored on the best known detector time (the latest global time seen, by
@@ -22,8 +18,9 @@ serves any number of acquisitions:
   at or after ``start + AcquisitionTime`` in detector time (without triggers: the chunk whose
   newest hit passes that time). It then flushes, reports ``('acq', id, reason, offset)`` to
   the parent and ignores data until the next *begin*.
-* :class:`GatedCentroidCalculator` clusters each chunk with the settings version it carries
-  and counts the centroids inside the region of interest.
+* :class:`~.gatedcentroid.GatedCentroidCalculator` clusters each chunk with the settings
+  version it carries and counts the centroids inside the region of interest
+  (:mod:`.gatedcentroid`).
 
 Every chunk the armed stages send carries the version of the live settings that made it
 (meta ``sv``, see :mod:`.livesettings`).
@@ -36,30 +33,19 @@ import time
 from typing import Any
 
 import numpy as np
-import zmq
 
-from ..processing.centroids import RegisteredCalculator
 from ..processing.events import PacketProcessor
-from ..processing.settings import ClusteringConfig
-from ..tpx3.codec import Decoder, last_global_time
+from ..tpx3.codec import Decoder
 from ..tpx3.encode import TPX3_MAGIC
 from .acquisition import CentroidPipeline, PixelPipeline
-from .centroid import PipelineCentroidCalculator
-from .counters import CTRL_FORCE, N_TOF_BINS, SharedPreview, accumulate_preview, tof_bins
+from .counters import N_TOF_BINS, SharedPreview, accumulate_preview, tof_bins
+from .gatedcentroid import GatedCentroidCalculator
+from .gatedreceiver import (IDLE_SCAN_S, META_ACQ, META_BEGIN_HOST, META_GLOBAL, META_GLOBAL_HOST, META_ID,
+                            META_OFFSET, META_TIME, META_TRIGGERS, GatedUdpSampler)
 from .livesettings import META_CLUSTERING, META_SETTINGS_VERSION, LiveSettings, roi_mask
-from .messages import MessageType, encode_frames
+from .messages import MessageType
 from .packetprocessor import PipelinePacketProcessor
-from ..runtime.shm import META_BYTES, META_SLOT
-from .udpsampler import UdpSampler
 
-#: meta keys of the acquisition markers and chunk offsets
-META_ACQ, META_ID, META_OFFSET, META_TIME, META_TRIGGERS = "acq", "id", "o", "t", "n"
-#: meta keys of the *begin* marker's detector clock: latest global time seen while idle
-#: (25 ns ticks, -1 none), the host time it came and the host time of the begin (s, monotonic)
-META_GLOBAL, META_GLOBAL_HOST, META_BEGIN_HOST = "g", "gh", "bh"
-#: s after a global time was found in dropped data before the next one is looked for
-#: (SPIDR sends one a second)
-IDLE_SCAN_S = 0.5
 #: detector clock ticks (25 ns) per second of host time
 TICKS_PER_S = 40_000_000
 
@@ -68,113 +54,6 @@ def _tdc1_rising_positions(words: np.ndarray) -> np.ndarray:
     """Word indices of TDC1 rising edges (header 0x6, sub-type 0xF; not a .tpx3 chunk header)."""
     return np.flatnonzero((((words >> np.uint64(56)) & np.uint64(0xFF)) == np.uint64(0x6F))
                           & ((words & np.uint64(0xFFFFFFFF)) != np.uint64(TPX3_MAGIC)))
-
-
-class GatedUdpSampler(UdpSampler):
-    """UDP receiver whose hand-off is gated by ``begin``/``end`` commands from the parent."""
-
-    def pre_run(self) -> None:
-        super().pre_run()
-        self._gate = False
-        self._acq_off = 0
-        self._idle_gt = -1            # latest global time in dropped data (25 ns ticks)
-        self._idle_gt_host = 0.0      # time.monotonic() when it came
-        last_global_time(np.zeros(2, np.uint64))   # load the kernel before data
-
-    def _handoff(self, slot, nbytes: int, ndgram: int):
-        if not self._gate:                      # closed: drop, reuse the same buffer
-            self._kernel_drops()
-            self.wiring.counters.add("idle_bytes", nbytes)
-            now = time.monotonic()
-            if now - self._idle_gt_host >= IDLE_SCAN_S:
-                gt = last_global_time(slot.buf[:nbytes - nbytes % 8].view(np.uint64))
-                if gt >= 0:
-                    self._idle_gt, self._idle_gt_host = gt, now
-            return slot
-        c = self.wiring.counters
-        self._kernel_drops()
-        chunk = slot.buf[:nbytes]
-        if self.raw2disk.recording:
-            slot.writing = True
-            self.raw2disk.put(chunk, slot)
-        meta = {META_OFFSET: self._acq_off}
-        ring, ri = self._ring, slot.ring_index
-        try:
-            if ri >= 0:
-                ring.acquire(ri)
-                self._down[0].send_multipart(
-                    encode_frames(MessageType.RawData, None, self._seq,
-                                  {META_SLOT: ri, META_BYTES: nbytes, **meta}), flags=zmq.NOBLOCK, copy=False)
-            else:
-                slot.tracker = self._down[0].send_multipart(
-                    encode_frames(MessageType.RawData, chunk, self._seq, meta), flags=zmq.NOBLOCK,
-                    copy=False, track=True)
-            c.stage_sent(self.wiring.next_slot)
-        except zmq.Again:
-            if ri >= 0:
-                ring.release(ri)
-            c.add("handoff_dropped_bytes", nbytes)
-        self._acq_off += nbytes
-        self._seq += 1
-        c.add("chunks", 1)
-        c.add("datagrams", ndgram)
-        c.add("bytes", nbytes)
-        return self._free_buffer()
-
-    def _send_marker(self, meta: dict) -> None:
-        frames = encode_frames(MessageType.RawData, np.zeros(0, np.uint8), self._seq, meta)
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                self._down[0].send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-                break
-            except zmq.Again:
-                if self.wiring.counters.ctrl[CTRL_FORCE] or time.monotonic() > deadline:
-                    self.report("fault", f"acquisition marker {meta.get(META_ACQ)} could not be sent "
-                                "(the decoder does not take data)")
-                    return
-                time.sleep(0.001)
-        self.wiring.counters.stage_sent(self.wiring.next_slot)
-        self._seq += 1
-
-    def _apply_commands(self) -> None:
-        self._has_pending = False
-        while self._pending_cmds:
-            _, cid, name, arg = self._pending_cmds.popleft()
-            if name == "begin":
-                path = ""
-                if arg.get("record"):
-                    try:
-                        path = self.raw2disk.open(arg["record"])
-                    except OSError as exc:
-                        self.report("reply", cid, False, (type(exc).__name__, exc.errno, str(exc)))
-                        continue
-                self._acq_off = 0
-                self._send_marker({META_ACQ: "begin", META_ID: arg["id"], META_TIME: arg.get("time_s", 0.0),
-                                   META_TRIGGERS: arg.get("triggers", 0), META_GLOBAL: self._idle_gt,
-                                   META_GLOBAL_HOST: self._idle_gt_host, META_BEGIN_HOST: time.monotonic()})
-                self._gate = True
-                self.report("reply", cid, True, path)
-            elif name == "end":
-                if self._gate:
-                    self._send_marker({META_ACQ: "end", META_ID: arg["id"], META_OFFSET: self._acq_off})
-                    self._gate = False
-                if self.raw2disk.recording:
-                    self.raw2disk.close(lambda p, n, cid=cid: self.report("reply", cid, True, (p, n)))
-                else:
-                    self.report("reply", cid, True, ("", 0))
-            elif name == "open":
-                try:
-                    self.report("reply", cid, True, self.raw2disk.open(arg))
-                except OSError as exc:
-                    self.report("reply", cid, False, (type(exc).__name__, exc.errno, str(exc)))
-            elif name == "close":
-                if not self.raw2disk.recording:
-                    self.report("reply", cid, True, ("", 0))
-                else:
-                    self.raw2disk.close(lambda p, n, cid=cid: self.report("reply", cid, True, (p, n)))
-            else:
-                self.report("reply", cid, False, ("ValueError", 0, f"unknown command {name!r}"))
 
 
 class GatedPacketProcessor(PipelinePacketProcessor):
@@ -210,10 +89,12 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         self._roi = v.roi
         # every chunk sent from now on says which settings made it (see livesettings)
         self.out_meta = {META_SETTINGS_VERSION: self._live_gen // 2, META_CLUSTERING: v.clustering.to_attrs()}
+        # the events of the triggers from now on are made with this version; an event whose
+        # trigger came before keeps its version (window, clustering): it is never split
+        if self.packet_processor is not None:
+            self.packet_processor.set_event_window(tuple(v.event_window), self.out_meta)
         if tuple(v.event_window) != tuple(self.event_window):
             self.event_window = tuple(v.event_window)
-            if self.packet_processor is not None:
-                self.packet_processor.event_window = self.event_window
             self._tof_lo, self._tof_hi, self._tof_axis_ns = tof_bins(self.event_window, N_TOF_BINS)
             self._pv_hist[...] = 0      # a histogram holds one binning: restart it
             self._acq_hist[...] = 0
@@ -235,6 +116,7 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         self.decoder = Decoder(framing=self.framing, layout=self.layout)
         self.decoder.anchor(self._detector_time(meta))   # a pair in the first chunk replaces it
         self.packet_processor = PacketProcessor(self.event_window, self.timewalk_lut)
+        self.packet_processor.set_event_window(self.event_window, self.out_meta)
         self._carry = np.zeros(0, np.uint8)
         self._stats_prev = {}
         self._acq_id = int(meta.get(META_ID, 0))
@@ -379,53 +261,6 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         return None
 
 
-class GatedCentroidCalculator(PipelineCentroidCalculator):
-    """Centroid worker of the armed pipeline: clusters each chunk with the clustering
-    settings the chunk carries (the version the decode stage used, see :mod:`.livesettings`),
-    counts the centroids inside the live region of interest and tags its output with the
-    chunk's settings version."""
-
-    def __init__(self, *args: Any, live: LiveSettings | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.live = live
-
-    def pre_run(self) -> None:
-        super().pre_run()
-        self._live_gen = -1
-        self._roi = (0.0, 0.0, 1e9, 1e9, 0.0, 1e12)
-        self._cl_cache: dict[int, RegisteredCalculator] = {}
-
-    def _calculator_of(self, meta: dict) -> RegisteredCalculator | None:
-        """The calculator of the chunk's settings version (None: the chunk carries none)."""
-        attrs = meta.get(META_CLUSTERING)
-        if attrs is None:
-            return None
-        sv = int(meta.get(META_SETTINGS_VERSION, -1))
-        calc = self._cl_cache.get(sv)
-        if calc is None:
-            calc = RegisteredCalculator(ClusteringConfig.from_attrs(attrs), self.centroid_calculator.cent_timewalk_lut)
-            self._cl_cache = {sv: calc}                 # versions only grow: keep the latest
-        return calc
-
-    def process(self, data_type=None, data=None):
-        if data_type != MessageType.EventData:
-            return None
-        if self.live is not None and self.live.generation != self._live_gen:
-            self._live_gen, v = self.live.read()
-            self._roi = v.roi
-        meta = self.current_meta
-        w = self.wiring
-        cents = (self._calculator_of(meta) or self.centroid_calculator).process(data)
-        n_roi = int(np.count_nonzero(roi_mask(cents.x, cents.y, cents.tof, self._roi))) if len(cents) else 0
-        w.counters.worker_add(w.worker_index, "roi_centroids", n_roi)
-        w.counters.worker_add(w.worker_index, "hits_in", len(data))
-        w.counters.worker_add(w.worker_index, "centroids", len(cents))
-        out_meta = {META_SETTINGS_VERSION: meta[META_SETTINGS_VERSION]} if META_SETTINGS_VERSION in meta else None
-        self.pushOutput(MessageType.CentroidData, cents, seq=self.current_seq, meta=out_meta)
-        w.counters.worker_add(w.worker_index, "chunks_in", 1)     # last: "drained" means done
-        return None
-
-
 class _ArmedMixin:
     """Pipeline side of the armed stages: replaces the stage classes, keeps the stages'
     ``('acq', ...)`` reports for :class:`~.session.AcquisitionSession`."""
@@ -477,3 +312,8 @@ class ArmedCentroidPipeline(_ArmedMixin, CentroidPipeline):
     def __init__(self, *args: Any, live: LiveSettings, acq_preview: SharedPreview, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._arm_stages(live, acq_preview)
+
+
+__all__ = ["IDLE_SCAN_S", "META_ACQ", "META_BEGIN_HOST", "META_GLOBAL", "META_GLOBAL_HOST", "META_ID", "META_OFFSET",
+           "META_TIME", "META_TRIGGERS", "TICKS_PER_S", "ArmedCentroidPipeline", "ArmedPixelPipeline",
+           "GatedCentroidCalculator", "GatedPacketProcessor", "GatedUdpSampler"]

@@ -10,10 +10,12 @@ published, the generation / 2). The decode stage tags every chunk it sends with 
 it used (message meta ``sv``) and the clustering settings of that version (meta
 ``clustering``, :meth:`ClusteringConfig.to_attrs`); the centroid workers cluster a chunk
 with the settings it carries, never with newer ones, so every output chunk was made by
-exactly one version. A new window end applies to the events not yet sent: with an end
-shorter than the trigger period, the event open at the change may already be partly sent
-(its hits past the old end were dropped as outside the window), so its later hits go out
-under the new version; ends of at least one trigger period keep every event whole.
+exactly one version. A new version applies per trigger
+(:meth:`~tango_tpx.processing.events.PacketProcessor.set_event_window`): the events whose
+trigger came before the change keep the version they started with (event window, clustering),
+the triggers after it use the new one. An event is therefore never split between two
+outputs, whatever the new window end (also one shorter than the trigger period, changed while
+an event is open), and a release that crosses a change goes out as one chunk per version.
 
 Values (:class:`LiveValues`): ``window`` an :class:`~tango_tpx.processing.settings.EventWindow`
 (s); ``clustering`` a :class:`~tango_tpx.processing.settings.ClusteringConfig` (algorithm key,

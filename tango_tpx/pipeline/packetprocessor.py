@@ -139,9 +139,10 @@ class PipelinePacketProcessor(BasePipelineObject):
         if len(out.triggers):
             c.add("trigger_events", len(out.triggers))
             self.pushOutput(MessageType.TriggerData, out.triggers, meta=self.out_meta)
-        if len(out.events):
-            c.add("events", len(out.events))
-            self.pushOutput(MessageType.EventData, out.events, meta=self.out_meta)
+        for tag, events in out.parts:        # one message per settings version (the part's tag)
+            if len(events):
+                c.add("events", len(events))
+                self.pushOutput(MessageType.EventData, events, meta=self.out_meta if tag is None else tag)
         st = self.packet_processor.stats
         for key in ("lost_triggers", "late_pixels"):
             v = int(st.get(key, 0))

@@ -14,7 +14,10 @@ processor therefore holds back everything at or after an *emit boundary*:
   window end, whichever comes first;
 * pixels of complete events are emitted, the rest are held for the next call.
 
-So an event is never split across two outputs and nothing is lost at a chunk edge. A
+So an event is never split across two outputs and nothing is lost at a chunk edge. A new
+event window (:meth:`PacketProcessor.set_event_window`) applies to the triggers that come
+after it; an event keeps the window it started with, and each output part holds the events
+of one window and its tag (e.g. the settings version that made them). A
 pixel that arrives later than ``reorder_window`` behind already emitted data is counted
 in ``stats['late_pixels']`` and dropped. The rules live in :mod:`.segmenter`, shared with
 the offline converter.
@@ -22,7 +25,8 @@ the offline converter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,10 +45,20 @@ _window_units = window_units
 
 @dataclass
 class EventOutput:
-    """What one :meth:`PacketProcessor.process` call releases."""
+    """What one :meth:`PacketProcessor.process` call releases: ``events`` (all of them, in
+    time order), the new ``triggers`` and ``parts``: the same events as (tag, Events) per
+    event window, in order (the tags given to :meth:`PacketProcessor.set_event_window`)."""
 
     events: Events
     triggers: TriggerTable
+    parts: list[tuple[Any, Events]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, parts: list[tuple[Any, Events]], triggers: TriggerTable) -> "EventOutput":
+        """The output of ``parts`` (tag, Events) in time order and the new ``triggers``."""
+        if len(parts) == 1:
+            return cls(parts[0][1], triggers, parts)
+        return cls(Events.concat([e for _, e in parts]) if parts else Events.empty(), triggers, parts)
 
 
 class PacketProcessor:
@@ -73,12 +87,20 @@ class PacketProcessor:
     # -- configuration ------------------------------------------------------------------
     @property
     def event_window(self) -> tuple[float, float]:
-        """(min, max) ToF in s; may be changed between chunks."""
+        """(min, max) ToF in s of the triggers to come; may be changed between chunks
+        (:meth:`set_event_window`, keeping the tag)."""
         return self._window_s
 
     @event_window.setter
     def event_window(self, window: tuple[float, float]) -> None:
-        self._seg.window = window_units(window)
+        self.set_event_window(window, self._seg.tag)
+
+    def set_event_window(self, window: tuple[float, float], tag: Any = None) -> None:
+        """Event window (min, max) ToF in s and its ``tag`` (any value, e.g. the settings
+        version) for the triggers that come from now on: an event whose trigger came
+        before keeps its window, so a change never splits an event between two outputs;
+        the events come out in parts of one window (:attr:`EventOutput.parts`) with its tag."""
+        self._seg.set_window(window_units(window), tag)
         self._window_s = (float(window[0]), float(window[1]))
 
     @property
@@ -96,25 +118,25 @@ class PacketProcessor:
         return self._seg.trigger_channel
 
     # -- processing ---------------------------------------------------------------------
-    def _release(self, final: bool) -> Events:
-        seg = self._seg.release(final)
-        if seg is None:
-            return Events.empty()
-        ev, before, outside = segment_events(seg, self._seg.window)
-        self.stats["before_first_trigger"] += before
-        self.stats["outside_window"] += outside
-        self.stats["events_pixels"] += len(ev)
-        return ev
+    def _release(self, final: bool) -> list[tuple[Any, Events]]:
+        parts = []
+        while (seg := self._seg.release(final)) is not None:    # one segment per event window
+            ev, before, outside = segment_events(seg, seg.window)
+            self.stats["before_first_trigger"] += before
+            self.stats["outside_window"] += outside
+            self.stats["events_pixels"] += len(ev)
+            parts.append((seg.tag, ev))
+        return parts
 
     def process(self, decoded: Decoded) -> EventOutput:
         """Add one decoded chunk; returns the events that became complete and new triggers."""
         triggers = self._seg.add_triggers(decoded.triggers)
         self._seg.add_pixels(decoded.pixels)
-        return EventOutput(self._release(final=False), triggers)
+        return EventOutput.of(self._release(final=False), triggers)
 
     def flush(self) -> EventOutput:
         """End of stream: release everything still held."""
-        return EventOutput(self._release(final=True), TriggerTable.empty())
+        return EventOutput.of(self._release(final=True), TriggerTable.empty())
 
     @property
     def held_pixels(self) -> int:

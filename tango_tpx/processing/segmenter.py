@@ -9,6 +9,9 @@ units of 25/4096 ns (:mod:`tango_tpx.tpx3.units`) unless a name says ``_s`` or `
 * **trigger assignment**: a pixel belongs to the last trigger (TDC rising edge of the
   trigger channel) at or before its ToA; ``tof = toa - trigger_time`` (:func:`segment_events`);
 * **event window**: only ``window[0] <= tof <= window[1]`` is kept, both edges inclusive;
+  a window set while running applies to the triggers numbered after it: an event keeps the
+  window (and the caller's tag, e.g. a settings version) it started with
+  (:meth:`Segmenter.set_window`);
 * **watermark and completeness**: the watermark is the newest time seen (pixels and
   triggers) minus the reorder window; an event is complete once the watermark has passed
   its window end or its successor trigger; pixels at or after the emit boundary (below it
@@ -18,7 +21,8 @@ units of 25/4096 ns (:mod:`tango_tpx.tpx3.units`) unless a name says ``_s`` or `
 
 A :class:`Segmenter` turns the stream into :class:`Segment` s: the held-back pixels below the
 boundary (in arrival order, not yet sorted) and the triggers they need. An event never spans
-two segments, so :func:`segment_events` can run on each segment on its own, in any process:
+two segments, nor does a segment hold events of two windows, so :func:`segment_events` can
+run on each segment on its own, in any process:
 the live :class:`~tango_tpx.processing.events.PacketProcessor` runs it on every chunk's
 segment, the converter (:mod:`tango_tpx.io.batching`) on batch-sized segments in its workers.
 """
@@ -26,53 +30,19 @@ segment, the converter (:mod:`tango_tpx.io.batching`) on batch-sized segments in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
 
-from ..tpx3.hits import PixelHits, Triggers, _SoA
+from ..tpx3.hits import PixelHits, Triggers
 from ..tpx3.units import s_to_units
+from .eventtables import Events, TriggerTable
 from .timeorder import time_order
 
 #: "No limit" in fine units (an open window end; a final release).
 INF = np.iinfo(np.int64).max
 _NEG = np.iinfo(np.int64).min
-
-
-@dataclass
-class Events(_SoA):
-    """Pixel hits assigned to triggers.
-
-    trigger_nr: int64 global trigger (event) number, 0-based;
-    x, y: uint16 pixels; tof: int64 time of flight, 25/4096 ns units;
-    tot: uint16 ToT counts (25 ns); toa: int64 absolute ToA, 25/4096 ns units.
-    Rows are sorted by toa (hence by trigger_nr).
-    """
-
-    trigger_nr: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
-    tof: np.ndarray
-    tot: np.ndarray
-    toa: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int = 0) -> "Events":
-        return cls(np.zeros(n, np.int64), np.zeros(n, np.uint16), np.zeros(n, np.uint16),
-                   np.zeros(n, np.int64), np.zeros(n, np.uint16), np.zeros(n, np.int64))
-
-
-@dataclass
-class TriggerTable(_SoA):
-    """Trigger (TDC rising edge) records: global number, time (25/4096 ns), 12-bit counter."""
-
-    trigger_nr: np.ndarray
-    time: np.ndarray
-    counter: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int = 0) -> "TriggerTable":
-        return cls(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.uint16))
 
 
 def window_units(window: tuple[float, float]) -> tuple[int, int]:
@@ -170,7 +140,8 @@ class Segment:
     go (a shared-memory slot, or new arrays): one copy. trig_time: int64 fine units of the
     trigger rising edges at or before the segment's pixels (the first may be the open
     trigger of the segment before); first_nr: global number of ``trig_time[0]``; ordered:
-    the pixels are already in time order (one piece).
+    the pixels are already in time order (one piece); window, tag: event window (fine
+    units) of all its triggers and the caller's tag of it (:meth:`Segmenter.set_window`).
     """
 
     pieces: list
@@ -179,6 +150,8 @@ class Segment:
     n: int
     cut: int = INF
     ordered: bool = False
+    window: tuple[int, int] | None = None
+    tag: Any = None
 
     @classmethod
     def of(cls, pixels: PixelHits, trig_time: np.ndarray, first_nr: int) -> "Segment":
@@ -194,7 +167,7 @@ class Segment:
         """The same segment with its pixels in one array set (for pickling)."""
         if len(self.pieces) == 1 and self.cut == INF:
             return self
-        return Segment([self.pixels], self.trig_time, self.first_nr, self.n, INF, self.ordered)
+        return Segment([self.pixels], self.trig_time, self.first_nr, self.n, INF, self.ordered, self.window, self.tag)
 
     @property
     def n_pixels(self) -> int:
@@ -279,8 +252,9 @@ class Segmenter:
 
     Parameters
     ----------
-    window: event window (min, max) ToF in fine units (:func:`window_units`); only its end
-        matters here (when an open event is complete); may be changed between calls.
+    window: event window (min, max) ToF in fine units (:func:`window_units`) of the triggers
+        numbered from now on (:meth:`set_window` changes it for the later ones); here its end
+        says when an open event is complete, and each segment carries its triggers' window.
     slack: reorder window in fine units: how far pixels and triggers may arrive behind the
         newest data.
     timewalk_lut: time-walk table (ns per ToT bin) applied to every pixel's ToA on entry.
@@ -299,7 +273,8 @@ class Segmenter:
     def __init__(self, window: tuple[int, int], slack: int, timewalk_lut: np.ndarray | None = None,
                  trigger_channel: int = 1, min_pixels: int = 0, presort: bool = False,
                  stats: dict | None = None):
-        self.window = (int(window[0]), int(window[1]))
+        #: (first trigger number, window, tag) per window set, from that of the oldest held trigger
+        self._windows: list[tuple[int, tuple[int, int], Any]] = [(0, (int(window[0]), int(window[1])), None)]
         self.slack = int(slack)
         self.timewalk_lut = None if timewalk_lut is None else np.asarray(timewalk_lut, np.float64)
         self.trigger_channel = int(trigger_channel)
@@ -322,6 +297,23 @@ class Segmenter:
     def held_pixels(self) -> int:
         """Pixels waiting for their event to complete."""
         return self._n
+
+    # -- the event window --------------------------------------------------------------------
+    window = property(lambda self: self._windows[-1][1], lambda self, w: self.set_window(w, self.tag),
+                      doc="Event window (min, max) ToF, fine units, of the triggers numbered from now on.")
+    tag = property(lambda self: self._windows[-1][2], doc="The caller's tag of :attr:`window`.")
+
+    def set_window(self, window: tuple[int, int], tag: Any = None) -> None:
+        """Event window (min, max) ToF, fine units, and ``tag`` (the caller's name for it, e.g.
+        a settings version) of the triggers numbered from now on. A trigger already numbered
+        keeps the window it was numbered with, so an event open at the change is neither cut
+        short nor extended, and never split: :meth:`release` ends a segment before the first
+        trigger of a newer window, and each segment carries its window and tag."""
+        entry = (self._next_nr, (int(window[0]), int(window[1])), tag)
+        if self._windows[-1][0] == self._next_nr:      # no trigger numbered with the last one
+            self._windows[-1] = entry
+        else:
+            self._windows.append(entry)
 
     # -- triggers ----------------------------------------------------------------------------
     def _count_lost(self, triggers: Triggers) -> None:
@@ -398,16 +390,28 @@ class Segmenter:
     def release(self, final: bool = False) -> Segment | None:
         """The held pixels of complete events, with their triggers, as a :class:`Segment`
         (``final``: everything held: end of stream); None when nothing can be released
-        (no pixel is complete, or fewer than ``min_pixels`` pixels are held)."""
-        if final:
-            b = INF
-        elif self._n < self.min_pixels:
+        (no pixel is complete, or fewer than ``min_pixels`` pixels are held). A segment
+        holds the events of one window (:meth:`set_window`): after a window change call
+        again until None."""
+        if not final and self._n < self.min_pixels:
             return None
-        else:
-            b = emit_boundary(self._newest, self.slack, self._trig_time, self.window[1])
-            if b <= self._emitted_to:
+        while True:   # a segment ends before the first held trigger of a newer window
+            _, window, tag = self._windows[0]
+            k = self._windows[1][0] - self._trig_nr0 if len(self._windows) > 1 else len(self._trig_time)
+            end = int(self._trig_time[k]) if k < len(self._trig_time) else INF
+            b = INF if final else emit_boundary(self._newest, self.slack, self._trig_time, window[1])
+            ended = b > end
+            if ended:
+                b = end
+            elif not final and b <= self._emitted_to:
                 return None
-        self._emitted_to = b
+            seg = self._cut(b, window, tag)
+            if seg is not None or not ended:
+                return seg
+
+    def _cut(self, b: int, window: tuple[int, int], tag: Any) -> Segment | None:
+        """Release the held pixels below ``b`` (fine units) with their triggers."""
+        self._emitted_to = max(self._emitted_to, b)
         tt, nr0 = self._trig_time, self._trig_nr0
         seg_trig = tt if b == INF else tt[:int(np.searchsorted(tt, b, side="left"))]
         pieces, n_out, rest, cut = self._pieces, 0, [], b
@@ -429,7 +433,9 @@ class Segmenter:
             if k > 0:
                 self._trig_time = tt[k:]
                 self._trig_nr0 += k
-        return Segment(pieces, seg_trig, nr0, n_out, cut, self.presort) if n_out else None
+        while len(self._windows) > 1 and self._windows[1][0] <= self._trig_nr0:
+            del self._windows[0]
+        return Segment(pieces, seg_trig, nr0, n_out, cut, self.presort, window, tag) if n_out else None
 
     @staticmethod
     def _split_rest(p: PixelHits, b: int, r: int) -> PixelHits:

@@ -234,7 +234,7 @@ def _assign(toa, x, y, tot, order, use_order, trig, nr0, lo, hi, o_nr, o_x, o_y,
     return n, before, outside
 
 
-_NO_ORDER = np.zeros(0, np.int64)
+_NO_ORDER = np.zeros(0, np.int32)
 
 
 def segment_events(segment: Segment, window: tuple[int, int]) -> tuple[Events, int, int]:

@@ -110,8 +110,23 @@ def count_before(toa: np.ndarray, cut: int) -> int:
 @numba.njit(cache=True, nogil=True)
 def _copy_split(toa, x, y, tot, chip, cut, lt, o_toa, o_x, o_y, o_tot, o_chip, pos):
     """Copy the pixels with ``toa < cut`` (``lt`` True) or ``toa >= cut`` (``lt`` False), in
-    their order, to the output columns from index ``pos``; returns the index after the last."""
-    for i in range(toa.size):
+    their order, to the output columns from index ``pos``; returns the index after the last.
+
+    Held pixels are in near time order: the run below ``cut`` at the start is found first
+    and copied (``lt``) or skipped (not ``lt``) as a block; only the rest is tested pixel
+    by pixel."""
+    n = toa.size
+    head = 0
+    while head < n and toa[head] < cut:
+        head += 1
+    if lt and head:
+        o_toa[pos:pos + head] = toa[:head]
+        o_x[pos:pos + head] = x[:head]
+        o_y[pos:pos + head] = y[:head]
+        o_tot[pos:pos + head] = tot[:head]
+        o_chip[pos:pos + head] = chip[:head]
+        pos += head
+    for i in range(head, n):
         if (toa[i] < cut) == lt:
             o_toa[pos] = toa[i]
             o_x[pos] = x[i]

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..tpx3.hits import PixelHits, Triggers, _SoA
 from ..tpx3.units import s_to_units
-from .timeorder import time_order
+from .timeorder import sort_packed, time_order
 
 #: "No limit" in fine units (an open window end; a final release).
 INF = np.iinfo(np.int64).max
@@ -249,6 +249,38 @@ def _assign(toa, x, y, tot, order, use_order, trig, nr0, lo, hi, o_nr, o_x, o_y,
     return n, before, outside
 
 
+@numba.njit(cache=True, nogil=True)
+def _assign_packed(packed, lo_t, shift, trig, nr0, lo, hi, o_nr, o_x, o_y, o_tof, o_tot, o_toa):
+    """:func:`_assign` for pixels in time order packed by
+    :func:`~.timeorder.sort_packed` (``toa = lo_t + (p >> 32 << shift)``, x, y, ToT 10 bits)."""
+    nt = trig.shape[0]
+    j = -1
+    n = 0
+    before = 0
+    outside = 0
+    for k in range(packed.shape[0]):
+        u = packed[k]
+        p = np.int64(u & np.uint64(0xFFFFFFFF))
+        t = lo_t + (np.int64(u >> np.uint64(32)) << shift)
+        while j + 1 < nt and trig[j + 1] <= t:
+            j += 1
+        if j < 0:
+            before += 1
+            continue
+        tof = t - trig[j]
+        if tof < lo or tof > hi:
+            outside += 1
+            continue
+        o_nr[n] = nr0 + j
+        o_x[n] = (p >> 20) & 1023
+        o_y[n] = (p >> 10) & 1023
+        o_tof[n] = tof
+        o_tot[n] = p & 1023
+        o_toa[n] = t
+        n += 1
+    return n, before, outside
+
+
 _NO_ORDER = np.zeros(0, np.int32)
 
 
@@ -262,10 +294,15 @@ def segment_events(segment: Segment, window: tuple[int, int]) -> tuple[Events, i
                 np.empty(m, np.int64), np.empty(m, np.uint16), np.empty(m, np.int64))
     if not m:
         return ev, 0, 0
-    order = _NO_ORDER if segment.ordered else time_order(px.toa)
-    n, before, outside = _assign(px.toa, px.x, px.y, px.tot, order, not segment.ordered,
-                                 np.ascontiguousarray(segment.trig_time, np.int64), int(segment.first_nr),
-                                 int(window[0]), int(window[1]), *ev.as_dict().values())
+    packed = None if segment.ordered else sort_packed(px.toa, px.x, px.y, px.tot)
+    trig = np.ascontiguousarray(segment.trig_time, np.int64)
+    if packed is not None:
+        n, before, outside = _assign_packed(packed[0], packed[1], packed[2], trig, int(segment.first_nr),
+                                            int(window[0]), int(window[1]), *ev.as_dict().values())
+    else:
+        order = _NO_ORDER if segment.ordered else time_order(px.toa)
+        n, before, outside = _assign(px.toa, px.x, px.y, px.tot, order, not segment.ordered, trig,
+                                     int(segment.first_nr), int(window[0]), int(window[1]), *ev.as_dict().values())
     if n != m:
         ev = ev.take(slice(0, n))
     return ev, int(before), int(outside)

@@ -37,8 +37,9 @@ import numpy as np
 
 from ..tpx3.hits import PixelHits, Triggers
 from ..tpx3.units import s_to_units
+from .assign import _assign, _assign_packed
 from .eventtables import Events, TriggerTable
-from .timeorder import time_order
+from .timeorder import sort_packed, time_order
 
 #: "No limit" in fine units (an open window end; a final release).
 INF = np.iinfo(np.int64).max
@@ -80,8 +81,23 @@ def count_before(toa: np.ndarray, cut: int) -> int:
 @numba.njit(cache=True, nogil=True)
 def _copy_split(toa, x, y, tot, chip, cut, lt, o_toa, o_x, o_y, o_tot, o_chip, pos):
     """Copy the pixels with ``toa < cut`` (``lt`` True) or ``toa >= cut`` (``lt`` False), in
-    their order, to the output columns from index ``pos``; returns the index after the last."""
-    for i in range(toa.size):
+    their order, to the output columns from index ``pos``; returns the index after the last.
+
+    Held pixels are in near time order: the run below ``cut`` at the start is found first
+    and copied (``lt``) or skipped (not ``lt``) as a block; only the rest is tested pixel
+    by pixel."""
+    n = toa.size
+    head = 0
+    while head < n and toa[head] < cut:
+        head += 1
+    if lt and head:
+        o_toa[pos:pos + head] = toa[:head]
+        o_x[pos:pos + head] = x[:head]
+        o_y[pos:pos + head] = y[:head]
+        o_tot[pos:pos + head] = tot[:head]
+        o_chip[pos:pos + head] = chip[:head]
+        pos += head
+    for i in range(head, n):
         if (toa[i] < cut) == lt:
             o_toa[pos] = toa[i]
             o_x[pos] = x[i]
@@ -175,39 +191,7 @@ class Segment:
 
 
 # ---- trigger assignment and the event window ---------------------------------------------------
-@numba.njit(cache=True, nogil=True)
-def _assign(toa, x, y, tot, order, use_order, trig, nr0, lo, hi, o_nr, o_x, o_y, o_tof, o_tot, o_toa):
-    """Walk the pixels in time ``order`` (``use_order`` False: they are in time order) and
-    the sorted trigger times together; write the in-window events. Returns (events written,
-    pixels before the first trigger, pixels outside the window)."""
-    nt = trig.shape[0]
-    j = -1
-    n = 0
-    before = 0
-    outside = 0
-    for k in range(toa.shape[0]):
-        i = order[k] if use_order else k
-        t = toa[i]
-        while j + 1 < nt and trig[j + 1] <= t:
-            j += 1
-        if j < 0:
-            before += 1
-            continue
-        tof = t - trig[j]
-        if tof < lo or tof > hi:
-            outside += 1
-            continue
-        o_nr[n] = nr0 + j
-        o_x[n] = x[i]
-        o_y[n] = y[i]
-        o_tof[n] = tof
-        o_tot[n] = tot[i]
-        o_toa[n] = t
-        n += 1
-    return n, before, outside
-
-
-_NO_ORDER = np.zeros(0, np.int64)
+_NO_ORDER = np.zeros(0, np.int32)
 
 
 def segment_events(segment: Segment, window: tuple[int, int]) -> tuple[Events, int, int]:
@@ -220,10 +204,15 @@ def segment_events(segment: Segment, window: tuple[int, int]) -> tuple[Events, i
                 np.empty(m, np.int64), np.empty(m, np.uint16), np.empty(m, np.int64))
     if not m:
         return ev, 0, 0
-    order = _NO_ORDER if segment.ordered else time_order(px.toa)
-    n, before, outside = _assign(px.toa, px.x, px.y, px.tot, order, not segment.ordered,
-                                 np.ascontiguousarray(segment.trig_time, np.int64), int(segment.first_nr),
-                                 int(window[0]), int(window[1]), *ev.as_dict().values())
+    packed = None if segment.ordered else sort_packed(px.toa, px.x, px.y, px.tot)
+    trig = np.ascontiguousarray(segment.trig_time, np.int64)
+    if packed is not None:
+        n, before, outside = _assign_packed(packed[0], packed[1], packed[2], trig, int(segment.first_nr),
+                                            int(window[0]), int(window[1]), *ev.as_dict().values())
+    else:
+        order = _NO_ORDER if segment.ordered else time_order(px.toa)
+        n, before, outside = _assign(px.toa, px.x, px.y, px.tot, order, not segment.ordered, trig,
+                                     int(segment.first_nr), int(window[0]), int(window[1]), *ev.as_dict().values())
     if n != m:
         ev = ev.take(slice(0, n))
     return ev, int(before), int(outside)

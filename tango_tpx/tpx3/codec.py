@@ -123,21 +123,7 @@ class Decoded:
     longtime: int = -1
 
 
-@numba.njit(cache=True)
-def _upper_bounds(words: np.ndarray) -> tuple[int, int]:
-    """Upper bounds of the number of pixel and TDC words (by header nibble only)."""
-    npix = 0
-    ntdc = 0
-    for i in range(words.shape[0]):
-        hdr = words[i] >> np.uint64(60)
-        if hdr == 0xA or hdr == 0xB:
-            npix += 1
-        elif hdr == 0x6 or hdr == 0x4:
-            ntdc += 1
-    return npix, ntdc
-
-
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _global_time_scan(words, tpx3, lsb, have_lsb, remain, first):
     """48-bit global time (25 ns ticks) of the first (``first``) or last complete 0x44/0x45
     pair in ``words``, -1 if none.
@@ -186,7 +172,7 @@ def last_global_time(words: np.ndarray) -> int:
     return int(_last_pair(words))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _last_pair(words):
     msb = -1
     for i in range(words.shape[0] - 1, -1, -1):
@@ -215,7 +201,7 @@ def _extend(t30: int, ref: int, have_ref: bool) -> tuple[int, int]:
     return ref + delta, amb
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _decode(words, tpx3, quad, st, counts,
             px_x, px_y, px_toa, px_tot, px_chip,
             tr_ch, tr_rise, tr_time, tr_cnt, tr_chip):
@@ -429,7 +415,9 @@ class Decoder:
         words = self._as_words(words)
         if self._fresh():
             self.look_ahead(words)
-        npix, ntdc = _upper_bounds(words)
+        # every word may be a pixel or a TDC word: room for each (pages never written are
+        # never touched), one pass over the words
+        npix = ntdc = len(words)
         px = PixelHits(np.empty(npix, np.uint16), np.empty(npix, np.uint16), np.empty(npix, np.int64),
                        np.empty(npix, np.uint16), np.empty(npix, np.uint8))
         tr = Triggers(np.empty(ntdc, np.uint8), np.empty(ntdc, np.bool_), np.empty(ntdc, np.int64),

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from tango_tpx.processing.fastcentroids import fits, union_pass_packed
 from tango_tpx.tpx3.units import ns_to_units
 
 #: Default largest time gap between two touching hits of one cluster, ns. A particle's hits
@@ -147,11 +148,12 @@ def union_pass(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray, to
     """Union-find pass over hits sorted by (trig, t); see :func:`_union_pass`.
 
     Returns (parent, n_clusters); parent is int32 when the hit indices fit (less memory
-    traffic), else int64.
+    traffic), else int64. Windows up to 2^28 fine units take the same pass with one packed
+    map word per pixel (:func:`.fastcentroids.union_pass_packed`, identical output).
     """
     parent = np.empty(t.size, np.int32 if t.size < 2**31 - 1 else np.int64)
-    n_roots = _union_pass(trig, x, y, t, tot, int(tot_threshold), int(radius), int(window),
-                          int(width), int(height), parent)
+    args = (trig, x, y, t, tot, int(tot_threshold), int(radius), int(window), int(width), int(height), parent)
+    n_roots = union_pass_packed(*args) if fits(t.size, int(window)) else _union_pass(*args)
     return parent, n_roots
 
 

@@ -1,0 +1,110 @@
+"""Kernels of the ``'fast'`` clustering's hot path (numba): the union-find pass over sorted
+hits with one packed word per pixel, and the centroid sums put in order as they are written.
+
+The clusters are those of :mod:`.clustering` (same trigger, pixels within ``radius`` in x
+and y, times within ``time_window``, transitive) and the results are bit for bit those of
+:func:`.clustering.union_pass` and :func:`.centroids._accumulate` followed by a stable sort by
+(trigger_nr, tof):
+
+* per pixel, one int64 holds the time key of its latest hit (high bits) and that hit's
+  cluster root (low bits, as many as the hit count needs), so one load and one comparison
+  test a neighbour. The time keys are ``t`` made monotone over the input (each trigger starts
+  ``window + 1`` after the previous trigger's last key) and are kept below 2^(61 - root bits)
+  (at least 2^30) by shifting the map down, forgetting expired hits, when they pass it; so
+  the window must stay below 2^28 fine units (1.6 ms) and the hit count below 2^31
+  (:func:`fits`); larger inputs take :mod:`.clustering`'s two-map pass.
+* the centroids are written in order of each cluster's first hit and each is moved back
+  past the already written ones with a larger (trigger_nr, tof) (insertion, stable): the
+  centroid times run nearly in order, so this costs a few moves per centroid. A budget of 8
+  moves per centroid bounds the work; past it the rest is appended and ``ordered`` is False.
+
+Units: times int64 fine units of 25/4096 ns; ``window`` fine units; x, y pixels; ToT counts.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: Largest time window handled by the packed pass, fine units (2^28 units = 1.64 ms).
+MAX_WINDOW: int = 1 << 28
+#: Largest number of hits handled by the packed pass.
+MAX_HITS: int = (1 << 31) - 1
+_NO_HIT = np.int64(-(1 << 63))  # map entry of a pixel without a recent hit
+
+
+def fits(n_hits: int, window: int) -> bool:
+    """True when the packed pass handles ``n_hits`` hits with ``window`` fine units."""
+    return n_hits <= MAX_HITS and 0 <= window <= MAX_WINDOW
+
+
+@numba.njit(cache=True, nogil=True)
+def union_pass_packed(trig, x, y, t, tot, tot_threshold, radius, window, width, height, parent):
+    """:func:`.clustering._union_pass` with one packed map word per pixel (see the module
+    doc); fills ``parent`` (int32) identically and returns n_clusters."""
+    n = t.size
+    span = 2 * radius + 1
+    pw = width + 2 * radius
+    pix = np.full((height + 2 * radius) * pw, _NO_HIT, np.int64)
+    offs = np.empty(span * span, np.int64)
+    q = 0
+    for dy in range(span):
+        for dx in range(span):
+            offs[q] = dy * pw + dx
+            q += 1
+    centre = radius * pw + radius
+    root_bits = 1
+    while (np.int64(1) << root_bits) < n:
+        root_bits += 1
+    root_mask = (np.int64(1) << root_bits) - 1
+    key_limit = np.int64(1) << (61 - root_bits)
+    n_roots = 0
+    base = np.int64(0)  # key = base + t within the current trigger
+    if n > 0:
+        base = -t[0]
+    prev_key = np.int64(0)
+    for i in range(n):
+        ti = t[i]
+        if i > 0 and trig[i] != trig[i - 1]:
+            base = prev_key + window + 1 - ti
+        k = base + ti
+        if k > key_limit:
+            # shift every stored key down by k - window - 1, forget the expired ones
+            shift = k - window - 1
+            for a in range(pix.size):
+                e = pix[a]
+                if (e >> root_bits) >= k - window:
+                    pix[a] = e - (shift << root_bits)
+                else:
+                    pix[a] = _NO_HIT
+            base -= shift
+            k -= shift
+        prev_key = k
+        if tot[i] <= tot_threshold:
+            parent[i] = -1
+            continue
+        lim = (k - window) << root_bits
+        p0 = np.int64(y[i]) * pw + np.int64(x[i])
+        root = np.int64(i)
+        for q in range(offs.size):
+            e = pix[p0 + offs[q]]
+            if e >= lim:
+                r = e & root_mask
+                while parent[r] != r:  # path halving; usually r is still a root
+                    parent[r] = parent[parent[r]]
+                    r = np.int64(parent[r])
+                if r != root:
+                    if root == i:  # first neighbour: join its cluster
+                        root = r
+                    elif r < root:  # bridge: the earlier root absorbs the later one
+                        parent[root] = r
+                        root = r
+                        n_roots -= 1
+                    else:
+                        parent[r] = root
+                        n_roots -= 1
+        parent[i] = root
+        if root == i:
+            n_roots += 1
+        pix[p0 + centre] = (k << root_bits) | root
+    return n_roots

@@ -95,10 +95,15 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
     per ToT bin, indexed by tot_max - 1, clamped; empty = no correction). Clusters with fewer
     than ``min_size`` hits are dropped. Every hit has tot >= 1 (tot > tot_threshold >= 0), so
     the ToT sums are never zero.
+
+    The centroids come out in order of each cluster's first hit, each moved back past the
+    ones before it with a larger (trigger_nr, tof) (stable insertion; centroid times run
+    nearly in that order): while the moves stay within 8 per centroid the result is sorted
+    by (trigger_nr, tof), past that the rest is appended in first-hit order.
     """
     k = n_clusters
     t0 = np.empty(k, np.int64)
-    tr = np.empty(k, np.int64)
+    trig_c = np.empty(k, np.int64)
     sx = np.zeros(k, np.int64)
     sy = np.zeros(k, np.int64)
     st = np.zeros(k, np.int64)
@@ -128,7 +133,7 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
         if first[c]:
             first[c] = False
             t0[c] = ti
-            tr[c] = trig[i]
+            trig_c[c] = trig[i]
         w = np.int64(tot[i])
         sx[c] += np.int64(x[i]) * w
         sy[c] += np.int64(y[i]) * w
@@ -150,23 +155,44 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
     o_tmax = np.empty(m, np.uint16)
     o_size = np.empty(m, np.uint32)
     nlut = tw_units.size
+    budget = np.int64(64)
     m = 0
     for c in range(k):
         if size[c] < min_size:
             continue
         wsum = tsum[c]
-        o_trig[m] = tr[c]
-        o_x[m] = sx[c] / wsum
-        o_y[m] = sy[c] / wsum
+        tr = trig_c[c]
         tof = t0[c] + (2 * st[c] + wsum) // (2 * wsum)
         if nlut > 0:
             b = min(max(tmax[c] - 1, 0), nlut - 1)
             tof -= tw_units[b]
-        o_t[m] = tof
-        o_tsum[m] = wsum
-        o_tavg[m] = wsum / size[c]
-        o_tmax[m] = tmax[c]
-        o_size[m] = size[c]
+        q = m
+        if budget >= 0:
+            budget += 8
+            while q > 0 and m - q <= budget and (o_trig[q - 1] > tr or (o_trig[q - 1] == tr and o_t[q - 1] > tof)):
+                q -= 1
+            if m - q > budget:
+                budget = -1
+                q = m
+            else:
+                budget -= m - q
+                for s in range(m, q, -1):
+                    o_trig[s] = o_trig[s - 1]
+                    o_x[s] = o_x[s - 1]
+                    o_y[s] = o_y[s - 1]
+                    o_t[s] = o_t[s - 1]
+                    o_tsum[s] = o_tsum[s - 1]
+                    o_tavg[s] = o_tavg[s - 1]
+                    o_tmax[s] = o_tmax[s - 1]
+                    o_size[s] = o_size[s - 1]
+        o_trig[q] = tr
+        o_x[q] = sx[c] / wsum
+        o_y[q] = sy[c] / wsum
+        o_t[q] = tof
+        o_tsum[q] = wsum
+        o_tavg[q] = wsum / size[c]
+        o_tmax[q] = tmax[c]
+        o_size[q] = size[c]
         m += 1
     return o_trig, o_x, o_y, o_t, o_tsum, o_tavg, o_tmax, o_size
 

@@ -128,3 +128,30 @@ def test_centroids_come_out_sorted_like_a_stable_sort(lut_ns):
                                 cent_timewalk_lut=lut_ns)
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(got, f), ref[f], err_msg=f)
+
+
+def test_one_pass_validation_names_the_bad_field():
+    trig, x, y, t, tot = blobs(200, 7, 3000)
+    good = dict(trigger_nr=trig, x=x, y=y, tof=t, tot=tot)
+    assert len(C.calculate_centroids(good, min_cluster_size=1)) > 0
+    cases = [(dict(tot=tot.astype(np.int64) - 5), "tot must be >= 0"),
+             (dict(x=x.astype(np.int64) - 3), "x pixel coordinates"),
+             (dict(y=y.astype(np.int64) + 5000), "y pixel coordinates"),
+             (dict(tof=t + (1 << 62)), "within"),
+             (dict(x=x.astype(np.float64)), "x must be integer")]
+    for change, match in cases:
+        with pytest.raises(ValueError, match=match):
+            C.calculate_centroids({**good, **change})
+
+
+def test_unsorted_and_narrow_typed_input_gives_the_same_centroids():
+    trig, x, y, t, tot = blobs(2000, 8, 3000)
+    ref = C.calculate_centroids(dict(trigger_nr=trig, x=x, y=y, tof=t, tot=tot))
+    perm = np.random.default_rng(1).permutation(t.size)
+    other = [C.calculate_centroids(dict(trigger_nr=trig[perm], x=x[perm], y=y[perm], tof=t[perm], tot=tot[perm])),
+             C.calculate_centroids(dict(trigger_nr=trig.astype(np.int32), x=x.astype(np.int32),
+                                        y=y.astype(np.int64), tof=t, tot=tot.astype(np.int32)))]
+    assert len(ref) > 100
+    for got in other:
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(got, f), getattr(ref, f), err_msg=f)

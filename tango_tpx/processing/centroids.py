@@ -25,7 +25,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from tango_tpx.processing import fastcentroids
 from tango_tpx.processing.clustering import (
+    MAX_ABS_TIME,
+    MAX_COORD,
     DEFAULT_MIN_CLUSTER_SIZE,
     DEFAULT_RADIUS,
     DEFAULT_TIME_WINDOW_NS,
@@ -237,8 +240,9 @@ def _field(events, name: str) -> np.ndarray:
     return np.asarray(value)
 
 
-def _event_arrays(events) -> tuple[np.ndarray, ...]:
-    """(trigger_nr int64, x, y, tof int64, tot) from an Events-like object, validated."""
+def _checked_arrays(events) -> tuple[tuple[np.ndarray, ...], bool]:
+    """((trigger_nr int64, x, y, tof int64, tot), already sorted by (trigger_nr, tof)) from an
+    Events-like object, validated; ValueError/TypeError name the bad field."""
     try:
         trig, x, y, tof, tot = (_field(events, n) for n in ("trigger_nr", "x", "y", "tof", "tot"))
     except (KeyError, AttributeError) as exc:
@@ -251,16 +255,27 @@ def _event_arrays(events) -> tuple[np.ndarray, ...]:
         if a.dtype.kind not in "iu":
             raise ValueError(f"events field {name} must be integer, got dtype {a.dtype} "
                              "(tof in int64 fine units of 25/4096 ns, tot in ToT counts)")
+    if (n > 1 and trig.dtype == np.int64 and tof.dtype == np.int64 and x.dtype.kind in "iu"
+            and y.dtype.kind in "iu"):
+        # the common case in one pass; the checks below only name what failed
+        x_lo, x_hi, y_lo, y_hi, tot_lo, times_ok, ordered = fastcentroids.scan_events(trig, x, y, tof, tot, MAX_ABS_TIME)
+        if tot_lo >= 0 and x_lo >= 0 and y_lo >= 0 and max(x_hi, y_hi) <= MAX_COORD and times_ok:
+            return (trig, x, y, tof, tot), ordered
     if tot.size and int(tot.min()) < 0:
         raise ValueError("events field tot must be >= 0 (ToT counts)")
     _check_coords(x, y)
     check_times(tof)
-    return (trig.astype(np.int64, copy=False), x, y, tof.astype(np.int64, copy=False), tot)
+    return (trig.astype(np.int64, copy=False), x, y, tof.astype(np.int64, copy=False), tot), False
+
+
+def _event_arrays(events) -> tuple[np.ndarray, ...]:
+    """(trigger_nr int64, x, y, tof int64, tot) from an Events-like object, validated."""
+    return _checked_arrays(events)[0]
 
 
 def _sorted_arrays(events):
-    trig, x, y, tof, tot = _event_arrays(events)
-    order = sort_order(trig, tof)
+    (trig, x, y, tof, tot), ordered = _checked_arrays(events)
+    order = None if ordered else sort_order(trig, tof)
     if order is not None:
         trig, x, y, tof, tot = _gather(order, trig, x, y, tof, tot)
     return trig, x, y, tof, tot

@@ -1,22 +1,16 @@
-"""Kernels of the ``'fast'`` clustering's hot path (numba): the union-find pass over sorted
-hits with one packed word per pixel, and the centroid sums put in order as they are written.
+"""Kernels of the ``'fast'`` clustering's hot path (numba): one validation and sort-check
+pass over the event fields, and the union-find pass over sorted hits with one packed word
+per pixel.
 
-The clusters are those of :mod:`.clustering` (same trigger, pixels within ``radius`` in x
-and y, times within ``time_window``, transitive) and the results are bit for bit those of
-:func:`.clustering.union_pass` and :func:`.centroids._accumulate` followed by a stable sort by
-(trigger_nr, tof):
-
-* per pixel, one int64 holds the time key of its latest hit (high bits) and that hit's
-  cluster root (low bits, as many as the hit count needs), so one load and one comparison
-  test a neighbour. The time keys are ``t`` made monotone over the input (each trigger starts
-  ``window + 1`` after the previous trigger's last key) and are kept below 2^(61 - root bits)
-  (at least 2^30) by shifting the map down, forgetting expired hits, when they pass it; so
-  the window must stay below 2^28 fine units (1.6 ms) and the hit count below 2^31
-  (:func:`fits`); larger inputs take :mod:`.clustering`'s two-map pass.
-* the centroids are written in order of each cluster's first hit and each is moved back
-  past the already written ones with a larger (trigger_nr, tof) (insertion, stable): the
-  centroid times run nearly in order, so this costs a few moves per centroid. A budget of 8
-  moves per centroid bounds the work; past it the rest is appended and ``ordered`` is False.
+The packed pass fills the same forest as :func:`.clustering._union_pass` (same trigger,
+pixels within ``radius`` in x and y, times within ``time_window``, transitive; every parent
+an earlier hit, each root its cluster's first hit), but per pixel one int64 holds the time
+key of its latest hit (high bits) and that hit's cluster root (low bits, as many as the hit
+count needs), so one load and one comparison test a neighbour. The time keys are ``t`` made
+monotone over the input (each trigger starts ``window + 1`` after the previous trigger's
+last key) and are kept below 2^(61 - root bits) (at least 2^30) by shifting the map down,
+forgetting expired hits, when they pass it; so the window must stay below 2^28 fine units
+(1.6 ms) and the hit count below 2^31 (:func:`fits`); larger inputs take the two-map pass.
 
 Units: times int64 fine units of 25/4096 ns; ``window`` fine units; x, y pixels; ToT counts.
 """
@@ -36,6 +30,33 @@ _NO_HIT = np.int64(-(1 << 63))  # map entry of a pixel without a recent hit
 def fits(n_hits: int, window: int) -> bool:
     """True when the packed pass handles ``n_hits`` hits with ``window`` fine units."""
     return n_hits <= MAX_HITS and 0 <= window <= MAX_WINDOW
+
+
+@numba.njit(cache=True, nogil=True)
+def scan_events(trig, x, y, t, tot, max_abs_time):
+    """One pass over the event fields (n >= 1): (smallest x, largest x, smallest y, largest y,
+    smallest tot, every time within +-``max_abs_time``, sorted by (trig, t))."""
+    n = t.size
+    x_lo = np.int64(x[0])
+    x_hi = x_lo
+    y_lo = np.int64(y[0])
+    y_hi = y_lo
+    tot_lo = np.int64(tot[0])
+    times_ok = True
+    ordered = True
+    for i in range(n):
+        xi = np.int64(x[i])
+        yi = np.int64(y[i])
+        x_lo = min(x_lo, xi)
+        x_hi = max(x_hi, xi)
+        y_lo = min(y_lo, yi)
+        y_hi = max(y_hi, yi)
+        tot_lo = min(tot_lo, np.int64(tot[i]))
+        ti = t[i]
+        times_ok &= (ti <= max_abs_time) & (ti >= -max_abs_time)
+        if i > 0:
+            ordered &= (trig[i] > trig[i - 1]) | ((trig[i] == trig[i - 1]) & (ti >= t[i - 1]))
+    return x_lo, x_hi, y_lo, y_hi, tot_lo, times_ok, ordered
 
 
 @numba.njit(cache=True, nogil=True)

@@ -155,3 +155,31 @@ def test_unsorted_and_narrow_typed_input_gives_the_same_centroids():
     for got in other:
         for f in FIELDS:
             np.testing.assert_array_equal(getattr(got, f), getattr(ref, f), err_msg=f)
+
+
+def test_workspace_reuses_per_thread_and_caps_what_it_keeps(monkeypatch):
+    import threading
+
+    from tango_tpx.processing import fastcentroids as F
+
+    ws = F.Workspace()
+    a = ws.array("parent", 1000, np.int32)
+    b = ws.array("parent", 500, np.int32)
+    assert a.size == 1000 and b.size == 500 and np.shares_memory(a, b)
+    assert not np.shares_memory(ws.array("parent", 2000, np.int32), a)  # grown
+    seen = {}
+    th = threading.Thread(target=lambda: seen.update(other=ws.array("parent", 10, np.int32)))
+    th.start()
+    th.join(timeout=30)
+    assert not np.shares_memory(seen["other"], ws.array("parent", 10, np.int32))  # one set per thread
+    monkeypatch.setattr(F, "WORKSPACE_MAX_BYTES", 4096)
+    big = ws.array("sums", 10_000, np.int64)
+    assert big.size == 10_000 and "sums" not in ws.arrays
+    # repeated calls through the workspace give the same centroids as a fresh run
+    trig, x, y, t, tot = blobs(3000, 9, 3000)
+    ev = dict(trigger_nr=trig, x=x, y=y, tof=t, tot=tot)
+    first = C.calculate_centroids(ev)
+    C.calculate_centroids({k: v[: v.size // 2] for k, v in ev.items()})
+    again = C.calculate_centroids(ev)
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(again, f), getattr(first, f), err_msg=f)

@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 from tango_tpx.processing import fastcentroids
+from tango_tpx.processing.fastcentroids import Workspace
 from tango_tpx.processing.clustering import (
     MAX_ABS_TIME,
     MAX_COORD,
@@ -53,6 +54,8 @@ DBSCAN_MIN_SAMPLES: int = 3
 DBSCAN_CHUNK_HITS: int = 6500
 #: The built-in clustering keys (others may be registered, see :mod:`.settings`).
 ALGORITHMS = ("fast", "dbscan")
+#: Per-thread scratch arrays of the fast path (union-find forest, per-cluster sums).
+_WORKSPACE = Workspace()
 
 
 @dataclass
@@ -105,15 +108,24 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
     by (trigger_nr, tof), past that the rest is appended in first-hit order.
     """
     k = n_clusters
-    t0 = np.empty(k, np.int64)
-    trig_c = np.empty(k, np.int64)
-    sx = np.zeros(k, np.int64)
-    sy = np.zeros(k, np.int64)
-    st = np.zeros(k, np.int64)
-    tsum = np.zeros(k, np.int64)
-    tmax = np.zeros(k, np.int64)
-    size = np.zeros(k, np.int64)
-    first = np.ones(k, np.bool_)
+    return _accumulate_into(ids, from_parent, k, trig, x, y, t, tot, min_size, tw_units,
+                            np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64),
+                            np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64),
+                            np.empty(k, np.int64), np.empty(k, np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units,
+                     t0, trig_c, sx, sy, st, tsum, tmax, size):
+    """:func:`_accumulate` with its per-cluster sums in the given int64 arrays of at least
+    ``n_clusters`` values each (scratch: overwritten, need not be zero)."""
+    k = n_clusters
+    sx[:k] = 0
+    sy[:k] = 0
+    st[:k] = 0
+    tsum[:k] = 0
+    tmax[:k] = 0
+    size[:k] = 0
     n_seen = 0
     for i in range(ids.size):
         p = np.int64(ids[i])
@@ -133,8 +145,7 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
         else:
             c = p
         ti = t[i]
-        if first[c]:
-            first[c] = False
+        if size[c] == 0:
             t0[c] = ti
             trig_c[c] = trig[i]
         w = np.int64(tot[i])
@@ -292,10 +303,13 @@ def _tw_units(lut) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 def _fast_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, radius, window,
                  tw_units) -> Centroids:
+    n = tof.size
+    parent = _WORKSPACE.array("parent", n, np.int32) if n < 2**31 - 1 else None
     parent, ncl = union_pass(trig, x, y, tof, tot, int(tot_threshold), radius, window,
-                             _frame_size(x), _frame_size(y))
-    return _sorted_centroids(_accumulate(parent, True, ncl, trig, x, y, tof, tot,
-                                         int(min_cluster_size), tw_units))
+                             _frame_size(x), _frame_size(y), out=parent)
+    sums = _WORKSPACE.array("sums", 8 * ncl, np.int64).reshape(8, ncl)
+    return _sorted_centroids(_accumulate_into(parent, True, ncl, trig, x, y, tof, tot,
+                                              int(min_cluster_size), tw_units, *sums))
 
 
 def dbscan_labels(trig, x, y, tof, *, eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,

@@ -17,6 +17,8 @@ Units: times int64 fine units of 25/4096 ns; ``window`` fine units; x, y pixels;
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -25,6 +27,36 @@ MAX_WINDOW: int = 1 << 28
 #: Largest number of hits handled by the packed pass.
 MAX_HITS: int = (1 << 31) - 1
 _NO_HIT = np.int64(-(1 << 63))  # map entry of a pixel without a recent hit
+
+
+#: Scratch kept by a :class:`Workspace` between calls, bytes per thread at most.
+WORKSPACE_MAX_BYTES: int = 128 << 20
+
+
+class Workspace(threading.local):
+    """Scratch arrays of the fast path, one set per thread, kept between calls.
+
+    Fresh arrays cost a page fault per 4 KiB on first touch, which is about as much as the
+    clustering itself; a worker that clusters chunk after chunk reuses these instead. Arrays
+    above :data:`WORKSPACE_MAX_BYTES` in all are handed out but not kept.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, size: int, dtype) -> np.ndarray:
+        """A scratch array of ``size`` values (contents undefined), valid until the next
+        call for ``name`` on this thread."""
+        have = self.arrays.get(name)
+        if have is not None and have.dtype == dtype and have.size >= size:
+            return have[:size]
+        fresh = np.empty(max(size, 1), dtype)
+        kept = sum(a.nbytes for k, a in self.arrays.items() if k != name)
+        if kept + fresh.nbytes <= WORKSPACE_MAX_BYTES:
+            self.arrays[name] = fresh
+        else:
+            self.arrays.pop(name, None)
+        return fresh[:size]
 
 
 def fits(n_hits: int, window: int) -> bool:

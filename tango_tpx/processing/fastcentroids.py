@@ -139,23 +139,44 @@ def union_pass_packed(trig, x, y, t, tot, tot_threshold, radius, window, width, 
         lim = (k - window) << root_bits
         p0 = np.int64(y[i]) * pw + np.int64(x[i])
         root = np.int64(i)
-        for q in range(offs.size):
-            e = pix[p0 + offs[q]]
-            if e >= lim:
-                r = e & root_mask
-                while parent[r] != r:  # path halving; usually r is still a root
-                    parent[r] = parent[parent[r]]
-                    r = np.int64(parent[r])
-                if r != root:
-                    if root == i:  # first neighbour: join its cluster
-                        root = r
-                    elif r < root:  # bridge: the earlier root absorbs the later one
-                        parent[root] = r
-                        root = r
-                        n_roots -= 1
-                    else:
-                        parent[r] = root
-                        n_roots -= 1
+        if radius == 1:  # constant trip counts: the 3x3 neighbourhood is unrolled
+            for dy in range(3):
+                row = p0 + dy * pw
+                for dx in range(3):
+                    e = pix[row + dx]
+                    if e >= lim:
+                        r = e & root_mask
+                        while parent[r] != r:  # path halving; usually r is still a root
+                            parent[r] = parent[parent[r]]
+                            r = np.int64(parent[r])
+                        if r != root:
+                            if root == i:  # first neighbour: join its cluster
+                                root = r
+                            elif r < root:  # bridge: the earlier root absorbs the later one
+                                parent[root] = r
+                                root = r
+                                n_roots -= 1
+                            else:
+                                parent[r] = root
+                                n_roots -= 1
+        else:
+            for q in range(offs.size):
+                e = pix[p0 + offs[q]]
+                if e >= lim:
+                    r = e & root_mask
+                    while parent[r] != r:  # path halving; usually r is still a root
+                        parent[r] = parent[parent[r]]
+                        r = np.int64(parent[r])
+                    if r != root:
+                        if root == i:  # first neighbour: join its cluster
+                            root = r
+                        elif r < root:  # bridge: the earlier root absorbs the later one
+                            parent[root] = r
+                            root = r
+                            n_roots -= 1
+                        else:
+                            parent[r] = root
+                            n_roots -= 1
         parent[i] = root
         if root == i:
             n_roots += 1

@@ -26,13 +26,12 @@ import numba
 import numpy as np
 
 from tango_tpx.processing import fastcentroids
-from tango_tpx.processing.fastcentroids import Workspace
 from tango_tpx.processing.clustering import (
-    MAX_ABS_TIME,
-    MAX_COORD,
     DEFAULT_MIN_CLUSTER_SIZE,
     DEFAULT_RADIUS,
     DEFAULT_TIME_WINDOW_NS,
+    MAX_ABS_TIME,
+    MAX_COORD,
     _check_coords,
     check_times,
     _frame_size,
@@ -55,7 +54,7 @@ DBSCAN_CHUNK_HITS: int = 6500
 #: The built-in clustering keys (others may be registered, see :mod:`.settings`).
 ALGORITHMS = ("fast", "dbscan")
 #: Per-thread scratch arrays of the fast path (union-find forest, per-cluster sums).
-_WORKSPACE = Workspace()
+_WORKSPACE = fastcentroids.Workspace()
 
 
 @dataclass

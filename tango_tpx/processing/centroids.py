@@ -25,10 +25,13 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from tango_tpx.processing import fastcentroids
 from tango_tpx.processing.clustering import (
     DEFAULT_MIN_CLUSTER_SIZE,
     DEFAULT_RADIUS,
     DEFAULT_TIME_WINDOW_NS,
+    MAX_ABS_TIME,
+    MAX_COORD,
     _check_coords,
     check_times,
     _frame_size,
@@ -50,6 +53,8 @@ DBSCAN_MIN_SAMPLES: int = 3
 DBSCAN_CHUNK_HITS: int = 6500
 #: The built-in clustering keys (others may be registered, see :mod:`.settings`).
 ALGORITHMS = ("fast", "dbscan")
+#: Per-thread scratch arrays of the fast path (union-find forest, per-cluster sums).
+_WORKSPACE = fastcentroids.Workspace()
 
 
 @dataclass
@@ -95,17 +100,31 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
     per ToT bin, indexed by tot_max - 1, clamped; empty = no correction). Clusters with fewer
     than ``min_size`` hits are dropped. Every hit has tot >= 1 (tot > tot_threshold >= 0), so
     the ToT sums are never zero.
+
+    The centroids come out in order of each cluster's first hit, each moved back past the
+    ones before it with a larger (trigger_nr, tof) (stable insertion; centroid times run
+    nearly in that order): while the moves stay within 8 per centroid the result is sorted
+    by (trigger_nr, tof), past that the rest is appended in first-hit order.
     """
     k = n_clusters
-    t0 = np.empty(k, np.int64)
-    tr = np.empty(k, np.int64)
-    sx = np.zeros(k, np.int64)
-    sy = np.zeros(k, np.int64)
-    st = np.zeros(k, np.int64)
-    tsum = np.zeros(k, np.int64)
-    tmax = np.zeros(k, np.int64)
-    size = np.zeros(k, np.int64)
-    first = np.ones(k, np.bool_)
+    return _accumulate_into(ids, from_parent, k, trig, x, y, t, tot, min_size, tw_units,
+                            np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64),
+                            np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64),
+                            np.empty(k, np.int64), np.empty(k, np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units,
+                     t0, trig_c, sx, sy, st, tsum, tmax, size):
+    """:func:`_accumulate` with its per-cluster sums in the given int64 arrays of at least
+    ``n_clusters`` values each (scratch: overwritten, need not be zero)."""
+    k = n_clusters
+    sx[:k] = 0
+    sy[:k] = 0
+    st[:k] = 0
+    tsum[:k] = 0
+    tmax[:k] = 0
+    size[:k] = 0
     n_seen = 0
     for i in range(ids.size):
         p = np.int64(ids[i])
@@ -125,10 +144,9 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
         else:
             c = p
         ti = t[i]
-        if first[c]:
-            first[c] = False
+        if size[c] == 0:
             t0[c] = ti
-            tr[c] = trig[i]
+            trig_c[c] = trig[i]
         w = np.int64(tot[i])
         sx[c] += np.int64(x[i]) * w
         sy[c] += np.int64(y[i]) * w
@@ -150,23 +168,44 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
     o_tmax = np.empty(m, np.uint16)
     o_size = np.empty(m, np.uint32)
     nlut = tw_units.size
+    budget = np.int64(64)
     m = 0
     for c in range(k):
         if size[c] < min_size:
             continue
         wsum = tsum[c]
-        o_trig[m] = tr[c]
-        o_x[m] = sx[c] / wsum
-        o_y[m] = sy[c] / wsum
+        tr = trig_c[c]
         tof = t0[c] + (2 * st[c] + wsum) // (2 * wsum)
         if nlut > 0:
             b = min(max(tmax[c] - 1, 0), nlut - 1)
             tof -= tw_units[b]
-        o_t[m] = tof
-        o_tsum[m] = wsum
-        o_tavg[m] = wsum / size[c]
-        o_tmax[m] = tmax[c]
-        o_size[m] = size[c]
+        q = m
+        if budget >= 0:
+            budget += 8
+            while q > 0 and m - q <= budget and (o_trig[q - 1] > tr or (o_trig[q - 1] == tr and o_t[q - 1] > tof)):
+                q -= 1
+            if m - q > budget:
+                budget = -1
+                q = m
+            else:
+                budget -= m - q
+                for s in range(m, q, -1):
+                    o_trig[s] = o_trig[s - 1]
+                    o_x[s] = o_x[s - 1]
+                    o_y[s] = o_y[s - 1]
+                    o_t[s] = o_t[s - 1]
+                    o_tsum[s] = o_tsum[s - 1]
+                    o_tavg[s] = o_tavg[s - 1]
+                    o_tmax[s] = o_tmax[s - 1]
+                    o_size[s] = o_size[s - 1]
+        o_trig[q] = tr
+        o_x[q] = sx[c] / wsum
+        o_y[q] = sy[c] / wsum
+        o_t[q] = tof
+        o_tsum[q] = wsum
+        o_tavg[q] = wsum / size[c]
+        o_tmax[q] = tmax[c]
+        o_size[q] = size[c]
         m += 1
     return o_trig, o_x, o_y, o_t, o_tsum, o_tavg, o_tmax, o_size
 
@@ -211,8 +250,9 @@ def _field(events, name: str) -> np.ndarray:
     return np.asarray(value)
 
 
-def _event_arrays(events) -> tuple[np.ndarray, ...]:
-    """(trigger_nr int64, x, y, tof int64, tot) from an Events-like object, validated."""
+def _checked_arrays(events) -> tuple[tuple[np.ndarray, ...], bool]:
+    """((trigger_nr int64, x, y, tof int64, tot), already sorted by (trigger_nr, tof)) from an
+    Events-like object, validated; ValueError/TypeError name the bad field."""
     try:
         trig, x, y, tof, tot = (_field(events, n) for n in ("trigger_nr", "x", "y", "tof", "tot"))
     except (KeyError, AttributeError) as exc:
@@ -225,16 +265,27 @@ def _event_arrays(events) -> tuple[np.ndarray, ...]:
         if a.dtype.kind not in "iu":
             raise ValueError(f"events field {name} must be integer, got dtype {a.dtype} "
                              "(tof in int64 fine units of 25/4096 ns, tot in ToT counts)")
+    if (n > 1 and trig.dtype == np.int64 and tof.dtype == np.int64 and x.dtype.kind in "iu"
+            and y.dtype.kind in "iu"):
+        # the common case in one pass; the checks below only name what failed
+        x_lo, x_hi, y_lo, y_hi, tot_lo, times_ok, ordered = fastcentroids.scan_events(trig, x, y, tof, tot, MAX_ABS_TIME)
+        if tot_lo >= 0 and x_lo >= 0 and y_lo >= 0 and max(x_hi, y_hi) <= MAX_COORD and times_ok:
+            return (trig, x, y, tof, tot), ordered
     if tot.size and int(tot.min()) < 0:
         raise ValueError("events field tot must be >= 0 (ToT counts)")
     _check_coords(x, y)
     check_times(tof)
-    return (trig.astype(np.int64, copy=False), x, y, tof.astype(np.int64, copy=False), tot)
+    return (trig.astype(np.int64, copy=False), x, y, tof.astype(np.int64, copy=False), tot), False
+
+
+def _event_arrays(events) -> tuple[np.ndarray, ...]:
+    """(trigger_nr int64, x, y, tof int64, tot) from an Events-like object, validated."""
+    return _checked_arrays(events)[0]
 
 
 def _sorted_arrays(events):
-    trig, x, y, tof, tot = _event_arrays(events)
-    order = sort_order(trig, tof)
+    (trig, x, y, tof, tot), ordered = _checked_arrays(events)
+    order = None if ordered else sort_order(trig, tof)
     if order is not None:
         trig, x, y, tof, tot = _gather(order, trig, x, y, tof, tot)
     return trig, x, y, tof, tot
@@ -251,10 +302,13 @@ def _tw_units(lut) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 def _fast_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, radius, window,
                  tw_units) -> Centroids:
+    n = tof.size
+    parent = _WORKSPACE.array("parent", n, np.int32) if n < 2**31 - 1 else None
     parent, ncl = union_pass(trig, x, y, tof, tot, int(tot_threshold), radius, window,
-                             _frame_size(x), _frame_size(y))
-    return _sorted_centroids(_accumulate(parent, True, ncl, trig, x, y, tof, tot,
-                                         int(min_cluster_size), tw_units))
+                             _frame_size(x), _frame_size(y), out=parent)
+    sums = _WORKSPACE.array("sums", 8 * ncl, np.int64).reshape(8, ncl)
+    return _sorted_centroids(_accumulate_into(parent, True, ncl, trig, x, y, tof, tot,
+                                              int(min_cluster_size), tw_units, *sums))
 
 
 def dbscan_labels(trig, x, y, tof, *, eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from tango_tpx.processing.fastcentroids import fits, union_pass_packed
 from tango_tpx.tpx3.units import ns_to_units
 
 #: Default largest time gap between two touching hits of one cluster, ns. A particle's hits
@@ -143,15 +144,18 @@ _NO_HIT = -(1 << 62)  # "time key" of a pixel without a recent hit
 
 
 def union_pass(trig: np.ndarray, x: np.ndarray, y: np.ndarray, t: np.ndarray, tot: np.ndarray,
-               tot_threshold: int, radius: int, window: int, width: int, height: int):
+               tot_threshold: int, radius: int, window: int, width: int, height: int,
+               out: np.ndarray | None = None):
     """Union-find pass over hits sorted by (trig, t); see :func:`_union_pass`.
 
     Returns (parent, n_clusters); parent is int32 when the hit indices fit (less memory
-    traffic), else int64.
+    traffic), else int64; ``out``, when given, is filled instead of a new array (same size
+    and dtype). Windows up to 2^28 fine units take the same pass with one packed map word
+    per pixel (:func:`.fastcentroids.union_pass_packed`, identical output).
     """
-    parent = np.empty(t.size, np.int32 if t.size < 2**31 - 1 else np.int64)
-    n_roots = _union_pass(trig, x, y, t, tot, int(tot_threshold), int(radius), int(window),
-                          int(width), int(height), parent)
+    parent = np.empty(t.size, np.int32 if t.size < 2**31 - 1 else np.int64) if out is None else out
+    args = (trig, x, y, t, tot, int(tot_threshold), int(radius), int(window), int(width), int(height), parent)
+    n_roots = union_pass_packed(*args) if fits(t.size, int(window)) else _union_pass(*args)
     return parent, n_roots
 
 

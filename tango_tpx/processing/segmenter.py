@@ -39,6 +39,7 @@ from ..tpx3.hits import PixelHits, Triggers
 from ..tpx3.units import s_to_units
 from .assign import _assign, _assign_packed
 from .eventtables import Events, TriggerTable
+from .heldmerge import merge_in_order
 from .timeorder import sort_packed, time_order
 
 #: "No limit" in fine units (an open window end; a final release).
@@ -106,24 +107,6 @@ def _copy_split(toa, x, y, tot, chip, cut, lt, o_toa, o_x, o_y, o_tot, o_chip, p
             o_chip[pos] = chip[i]
             pos += 1
     return pos
-
-
-@numba.njit(cache=True, nogil=True)
-def _merge_gather(hx, hy, ht, htot, hc, nx, ny, nt, ntot, nc, order, ox, oy, ot, otot, oc):
-    """Merge held pixels (in time order) with new pixels taken in ``order`` (time order
-    through it) into the output columns; stable (held first on equal times)."""
-    nh = ht.shape[0]
-    nn = order.shape[0]
-    i = 0
-    j = 0
-    for k in range(nh + nn):
-        if j < nn and (i >= nh or nt[order[j]] < ht[i]):
-            s = order[j]
-            ox[k], oy[k], ot[k], otot[k], oc[k] = nx[s], ny[s], nt[s], ntot[s], nc[s]
-            j += 1
-        else:
-            ox[k], oy[k], ot[k], otot[k], oc[k] = hx[i], hy[i], ht[i], htot[i], hc[i]
-            i += 1
 
 
 def _new_columns(n: int) -> dict[str, np.ndarray]:
@@ -363,13 +346,9 @@ class Segmenter:
                 if not len(px):
                     return
         if self.presort:
-            order = time_order(px.toa)
-            self._newest = max(self._newest, int(px.toa[order[-1]]))
-            held = self._pieces[0] if self._pieces else PixelHits.empty()
-            c = _new_columns(len(held) + len(px))
-            _merge_gather(held.x, held.y, held.toa, held.tot, held.chip, px.x, px.y, px.toa, px.tot, px.chip,
-                          order, c["x"], c["y"], c["toa"], c["tot"], c["chip"])
-            self._pieces = [PixelHits(c["x"], c["y"], c["toa"], c["tot"], c["chip"])]
+            merged, newest = merge_in_order(self._pieces[0] if self._pieces else PixelHits.empty(), px)
+            self._newest = max(self._newest, newest)
+            self._pieces = [merged]
         else:
             self._newest = max(self._newest, int(px.toa.max()))
             self._pieces.append(px)

@@ -53,3 +53,17 @@ def test_segment_events_equal_the_argsort_walk(kind, field_max):
         assert (len(ev), before, outside) == (m, b, o)
         for k, v in ev.as_dict().items():
             np.testing.assert_array_equal(v, getattr(ref, k)[:m])
+
+
+@pytest.mark.parametrize("bucket_keys", [1, 4, 64])
+@pytest.mark.parametrize("kind", ["near", "burst", "span32", "equal"])
+def test_the_packed_sort_is_the_same_with_any_bucket_width(kind, bucket_keys):
+    rng = np.random.default_rng(2)
+    t = _times(kind, rng)
+    n = len(t)
+    x, y, tot = (rng.integers(0, 1024, n).astype(np.uint16) for _ in range(3))
+    packed, lo, shift = sort_packed(t, x, y, tot, bucket_keys)
+    order = np.argsort(t, kind="stable")
+    np.testing.assert_array_equal(lo + ((packed >> np.uint64(32)).astype(np.int64) << shift), t[order])
+    np.testing.assert_array_equal((packed >> np.uint64(20)) & np.uint64(1023), x[order])
+    np.testing.assert_array_equal(packed & np.uint64(1023), tot[order])

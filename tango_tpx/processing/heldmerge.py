@@ -17,6 +17,11 @@ import numpy as np
 from ..tpx3.hits import PixelHits
 from .timeorder import sort_packed, time_order
 
+#: mean pixels per bucket of the packed sort's first pass: a live chunk is short (tens of ms)
+#: and bunched around triggers, so narrow buckets keep most of its pixels out of the
+#: radix pass of crowded buckets (1.2x faster than 16 on simulated pulsed data)
+LIVE_BUCKET_KEYS = 4
+
 
 @numba.njit(cache=True, nogil=True)
 def _merge_gather(hx, hy, ht, htot, hc, nx, ny, nt, ntot, nc, order, ox, oy, ot, otot, oc):
@@ -84,7 +89,7 @@ def merge_in_order(held: PixelHits, px: PixelHits) -> tuple[PixelHits, int]:
     n = len(held) + len(px)
     ox, oy, ot = np.empty(n, np.uint16), np.empty(n, np.uint16), np.empty(n, np.int64)
     otot, oc = np.empty(n, np.uint16), np.empty(n, np.uint8)
-    packed = sort_packed(px.toa, px.x, px.y, px.tot) if _uniform(px.chip) else None
+    packed = sort_packed(px.toa, px.x, px.y, px.tot, LIVE_BUCKET_KEYS) if _uniform(px.chip) else None
     if packed is not None:
         p, lo, shift = packed
         _merge_packed(held.x, held.y, held.toa, held.tot, held.chip, p, lo, shift, px.chip[0],

@@ -298,12 +298,13 @@ def time_order(t: np.ndarray) -> np.ndarray:
     return np.argsort(t, kind="stable")
 
 
-def sort_packed(toa: np.ndarray, x: np.ndarray, y: np.ndarray, tot: np.ndarray
-                ) -> tuple[np.ndarray, int, int] | None:
+def sort_packed(toa: np.ndarray, x: np.ndarray, y: np.ndarray, tot: np.ndarray,
+                bucket_keys: int = _BUCKET_KEYS) -> tuple[np.ndarray, int, int] | None:
     """The pixels in stable time order, packed (:func:`_bucket_sort_packed`): (packed,
     lo, shift) with ``toa = lo + (packed >> 32 << shift)``; None when they do not pack (a
     span over 2**32 keys, a field over 10 bits, already in order, fewer than 2 pixels):
-    use :func:`time_order` then."""
+    use :func:`time_order` then. ``bucket_keys``: mean pixels per bucket of the first pass
+    (fewer: more, narrower buckets; the order is the same)."""
     n = len(toa)
     if n < 2 or n >= (1 << 31):
         return None
@@ -312,7 +313,7 @@ def sort_packed(toa: np.ndarray, x: np.ndarray, y: np.ndarray, tot: np.ndarray
     width = int((hi - lo) >> shift).bit_length()
     if is_sorted or width > 32:
         return None
-    high = min(width, max(n // _BUCKET_KEYS, 1).bit_length())
+    high = min(width, max(n // max(int(bucket_keys), 1), 1).bit_length())
     packed, ok = _bucket_sort_packed(toa, x, y, tot, lo, shift, width - high, 1 << high)
     return (packed, int(lo), shift) if ok else None
 

@@ -4,12 +4,10 @@ changes, and starts that fail (nothing left behind, the first error reported).""
 
 from __future__ import annotations
 
-import glob
 import multiprocessing as mp
 import os
 import queue
 import socket
-import tempfile
 import time
 
 import numpy as np
@@ -80,15 +78,12 @@ def collect(q, n: int, timeout: float) -> list:
     return out
 
 
-def pipe_dirs() -> set:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tpx-pipe-*")))
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """Run directories go to a private folder (other test runs may use the shared one)."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    return tmp_path
+def pipe_endpoints() -> set:
+    """ipc endpoints of pipelines started by this process still bound (abstract socket names
+    ``@tpx-pipe-<pid>-...``, listed in /proc/net/unix)."""
+    prefix = f"@tpx-pipe-{os.getpid()}-"
+    with open("/proc/net/unix") as f:
+        return {line.split()[-1] for line in f if line.split()[-1].startswith(prefix)}
 
 
 @needs_capture
@@ -101,6 +96,7 @@ def test_user_stages_receive_pymepix_messages_and_reach_data_queue():
     pipe.addStage(5, Doubler)
     pipe.start()
     try:
+        assert pipe_endpoints()                        # the decoder's input and the collector
         send_capture(port)
         wait_until(lambda: pipe.counters.get("hits") == 1858, 120, "the capture to be decoded")
         got = collect(q, 2, 60)
@@ -113,7 +109,7 @@ def test_user_stages_receive_pymepix_messages_and_reach_data_queue():
     assert pipe.fault() is None
     # at the end: the counter's total, passed on by the second stage
     assert collect(q, 1, 10) == [(MessageType.CloseFileCommand, ("total", 1858))]
-    assert not mp.active_children()
+    assert not mp.active_children() and pipe_endpoints() == set()
 
 
 @needs_capture
@@ -146,18 +142,17 @@ def test_longtime_value_and_event_window_changes_apply_while_running():
 
 
 @pytest.mark.timeout(60)
-def test_failed_start_leaves_nothing_and_reports_the_first_error(private_tmp):
+def test_failed_start_leaves_nothing_and_reports_the_first_error():
     class NeedsArgument(BasePipelineObject):
         def __init__(self, required, input_queue=None, shared_output=None):
             super().__init__("NeedsArgument", input_queue=input_queue, shared_output=shared_output)
 
-    before = pipe_dirs()
-    assert before == set()
+    assert pipe_endpoints() == set()
     pipe = PixelPipeline(mp.Queue(), ("127.0.0.1", free_port(kind=socket.SOCK_DGRAM)), mp.Value("L", 0))
     pipe.addStage(3, NeedsArgument)
     with pytest.raises(TypeError, match="required"):
         pipe.start()
-    assert pipe_dirs() == before and not mp.active_children() and not pipe.isRunning
+    assert pipe_endpoints() == set() and not mp.active_children() and not pipe.isRunning
 
     # a port already taken: OSError naming the address, nothing left either
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
@@ -166,7 +161,7 @@ def test_failed_start_leaves_nothing_and_reports_the_first_error(private_tmp):
         pipe = PixelPipeline(None, ("127.0.0.1", port), mp.Value("L", 0))
         with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
             pipe.start()
-    assert pipe_dirs() == before and not mp.active_children()
+    assert pipe_endpoints() == set() and not mp.active_children()
 
 
 @pytest.mark.timeout(30)

@@ -213,7 +213,7 @@ class AcquisitionPipeline(StageReports, PipelineTeardown):
         Raises OSError (naming the UDP address) if the receiver cannot bind, ValueError for
         an impossible stage order, RuntimeError if a stage fails to start, or whatever the
         first failing stage constructor raised. A failed start leaves nothing behind (no
-        process, socket, shared memory or temporary directory).
+        process, socket or shared memory).
         """
         with self._lock:
             if self._running:

@@ -306,27 +306,8 @@ class BasePipelineObject(mp.Process):
                     self._conn.close()
                 except OSError:
                     pass
-            if self.wiring is not None and self._orphaned():
-                self._remove_endpoints()
         if code:
             raise SystemExit(code)
-
-    def _remove_endpoints(self) -> None:
-        """The parent is gone and cannot clean up: remove this stage's ipc endpoints (and
-        the collector's) and, if it is then empty, the run directory."""
-        w = self.wiring
-        paths = [a[len("ipc://"):] for a in (w.input_address, w.collector_address)
-                 if a and a.startswith("ipc://")]
-        for path in paths:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        if paths:
-            try:
-                os.rmdir(os.path.dirname(paths[-1]))
-            except OSError:
-                pass
 
     def main_loop(self) -> bool:
         """Default loop over the input; returns True for a clean end (drain the outputs)."""

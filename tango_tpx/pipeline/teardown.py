@@ -1,5 +1,5 @@
 """Stopping an acquisition pipeline: drain every stage, then force what has not ended (flag,
-SIGTERM, SIGKILL), and release sockets, shared memory and the run directory within 5 s.
+SIGTERM, SIGKILL), and release sockets and shared memory within 5 s.
 
 :class:`PipelineTeardown` is a base class of
 :class:`~tango_tpx.pipeline.acquisition.AcquisitionPipeline` and uses the attributes its
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from . import transport
 from .counters import CTRL_DRAIN, CTRL_FORCE
 
 __all__ = ["DRAIN_S", "PUB_LINGER_MS", "PipelineTeardown"]
@@ -87,9 +86,7 @@ class PipelineTeardown:
             ring.close()
         self._rings = []
         self._user_queue = None
-        if self._run_dir:
-            transport.remove_run_dir(self._run_dir)
-            self._run_dir = None
+        self._run_dir = None
         c.ctrl[CTRL_DRAIN] = 0
         c.ctrl[CTRL_FORCE] = 0
         self.recording_file = ""

@@ -1,7 +1,8 @@
 """ZeroMQ transport helpers: sockets between stages carry :mod:`.messages` frames.
 
-Between stages: PUSH (sender connects) -> PULL (receiver binds) over ``ipc://`` in a
-private temporary directory of the pipeline run.  Sends are non-blocking with bounded
+Between stages: PUSH (sender connects) -> PULL (receiver binds) over ``ipc://`` endpoints
+named in Linux's abstract socket namespace (``ipc://@tpx-pipe-<pid>-<random>/<name>``): they
+create no file, so nothing is left behind, even by a process that is killed.  Sends are non-blocking with bounded
 retries so that no stage can hang forever on a dead peer. Large payloads between
 the receiver, the decoder and the centroid workers travel through shared-memory rings
 (:mod:`.shmring`); the sockets then carry only small messages naming a ring slot.
@@ -10,7 +11,7 @@ the receiver, the decoder and the centroid workers travel through shared-memory 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import time
 from typing import Any, Callable
 
@@ -23,24 +24,14 @@ DEFAULT_HWM = 32
 
 
 def make_run_dir() -> str:
-    """A private directory for this run's ipc:// endpoints (removed by :func:`remove_run_dir`)."""
-    return tempfile.mkdtemp(prefix="tpx-pipe-")
-
-
-def remove_run_dir(path: str) -> None:
-    try:
-        for name in os.listdir(path):
-            try:
-                os.unlink(os.path.join(path, name))
-            except OSError:
-                pass
-        os.rmdir(path)
-    except OSError:
-        pass
+    """A unique name for this run's ``ipc://`` endpoints (abstract namespace: no file or
+    directory is created; the names vanish with the last socket bound to them)."""
+    return f"tpx-pipe-{os.getpid()}-{secrets.token_hex(6)}"
 
 
 def ipc_address(run_dir: str, name: str) -> str:
-    return f"ipc://{os.path.join(run_dir, name)}"
+    """``ipc://`` endpoint ``name`` of the run ``run_dir`` (see :func:`make_run_dir`)."""
+    return f"ipc://@{run_dir}/{name}"
 
 
 def pull_socket(ctx: zmq.Context, address: str, hwm: int = DEFAULT_HWM) -> zmq.Socket:

@@ -10,7 +10,8 @@ sorted and packed (:func:`_assign_packed`, from :func:`~.timeorder.sort_packed`)
 from __future__ import annotations
 
 import numba
-import numpy as np
+
+from .timeorder import unpack_pixel
 
 
 @numba.njit(cache=True, nogil=True)
@@ -55,9 +56,7 @@ def _assign_packed(packed, lo_t, shift, trig, nr0, lo, hi, o_nr, o_x, o_y, o_tof
     before = 0
     outside = 0
     for k in range(packed.shape[0]):
-        u = packed[k]
-        p = np.int64(u & np.uint64(0xFFFFFFFF))
-        t = lo_t + (np.int64(u >> np.uint64(32)) << shift)
+        t, px, py, ptot = unpack_pixel(packed[k], lo_t, shift)
         while j + 1 < nt and trig[j + 1] <= t:
             j += 1
         if j < 0:
@@ -68,10 +67,10 @@ def _assign_packed(packed, lo_t, shift, trig, nr0, lo, hi, o_nr, o_x, o_y, o_tof
             outside += 1
             continue
         o_nr[n] = nr0 + j
-        o_x[n] = (p >> 20) & 1023
-        o_y[n] = (p >> 10) & 1023
+        o_x[n] = px
+        o_y[n] = py
         o_tof[n] = tof
-        o_tot[n] = p & 1023
+        o_tot[n] = ptot
         o_toa[n] = t
         n += 1
     return n, before, outside

@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from ..tpx3.hits import PixelHits
-from .timeorder import sort_packed, time_order
+from .timeorder import sort_packed, time_order, unpack_pixel
 
 #: mean pixels per bucket of the packed sort's first pass: a live chunk is short (tens of ms)
 #: and bunched around triggers, so narrow buckets keep most of its pixels out of the
@@ -62,17 +62,15 @@ def _merge_packed(hx, hy, ht, htot, hc, packed, lo, shift, chip, ox, oy, ot, oto
     j = 0
     k = 0
     while j < nn:
-        u = packed[j]
-        t = lo + (np.int64(u >> np.uint64(32)) << shift)
+        t, px, py, ptot = unpack_pixel(packed[j], lo, shift)
         while i < nh and ht[i] <= t:       # held first on equal times
             ox[k], oy[k], ot[k], otot[k], oc[k] = hx[i], hy[i], ht[i], htot[i], hc[i]
             i += 1
             k += 1
-        p = np.int64(u & np.uint64(0xFFFFFFFF))
-        ox[k] = (p >> 20) & 1023
-        oy[k] = (p >> 10) & 1023
+        ox[k] = px
+        oy[k] = py
         ot[k] = t
-        otot[k] = p & 1023
+        otot[k] = ptot
         oc[k] = chip
         j += 1
         k += 1

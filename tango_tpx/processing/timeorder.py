@@ -191,6 +191,14 @@ _FIELD_BITS = 10
 _FIELD_MASK = (1 << _FIELD_BITS) - 1
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def unpack_pixel(u, lo, shift):
+    """(toa, x, y, tot) of one pixel packed by :func:`sort_packed`: ``toa = lo + (key << shift)``
+    (25/4096 ns units), x, y px and ToT counts from their 10-bit fields."""
+    p = np.int64(u & np.uint64(0xFFFFFFFF))
+    return lo + (np.int64(u >> np.uint64(32)) << shift), (p >> 20) & 1023, (p >> 10) & 1023, p & 1023
+
+
 @numba.njit(cache=True, nogil=True)
 def _bucket_sort_packed(t, x, y, tot, lo, shift, low, nb):
     """:func:`_bucket_order32`'s stable sort of whole pixels packed in one uint64 each:

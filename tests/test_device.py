@@ -218,13 +218,14 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
     words, n_events = make_stream(n_hits, n_trig, seed=1)
     assert n_hits * 0.99 < n_events < n_hits
 
-    received: list[tuple[str, object]] = []
+    received: list[tuple[str, object, float]] = []
     lock = threading.Lock()
 
     def on_event(ev):
         if not ev.err and ev.attr_value is not None:
             with lock:
-                received.append((ev.attr_value.name.lower(), ev.attr_value.value))
+                received.append((ev.attr_value.name.lower(), ev.attr_value.value,
+                                 ev.attr_value.time.totime()))
 
     ids = [d.subscribe_event(name, tango.EventType.CHANGE_EVENT, on_event)
            for name in ("TotalHits", "State", "HitRate", "TofHistogram")]
@@ -260,8 +261,15 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         assert d.TotalTriggers == n_trig
         assert d.BytesReceived == words.size * 8
         assert d.MalformedWords == 0 and d.KernelDrops == 0 and d.LostTriggers == 0
-        # rates from counter deltas over the summary period: sent at n_hits / seconds
-        assert max(rates) == pytest.approx(n_hits / seconds, rel=0.6), rates
+        assert max(rates) > 0, rates
+        # HitRate is hits per second over each summary period (counter delta / period). The
+        # UDP reader flushes in bursts and a loaded machine decodes in bursts, so single periods
+        # vary; the rate integrated over the pushed periods is the number of hits.
+        time.sleep(3 * PERIOD_S)   # a period push after the last hit
+        with lock:
+            pushed = sorted((t, v) for n, v, t in received if n == "hitrate")
+        integral = sum(v * (t - t0) for (t0, _), (t, v) in zip(pushed, pushed[1:]))
+        assert integral == pytest.approx(n_hits, rel=0.25), pushed
         img = max(previews, key=lambda a: int(a.sum()))
         assert img.shape == (256, 256) and img.dtype == np.int32
         assert 0 < img.sum() <= n_hits
@@ -270,15 +278,15 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         assert axis.size == hist.size > 0 and np.all(np.diff(axis) > 0)
 
         with lock:
-            totals = [v for n, v in received if n == "totalhits"]
-            states = [v for n, v in received if n == "state"]
+            totals = [v for n, v, _ in received if n == "totalhits"]
+            states = [v for n, v, _ in received if n == "state"]
         assert len(totals) >= 4, totals
         assert totals == sorted(totals) and totals[-1] == n_hits
         assert len(archived) >= 4 and archived == sorted(archived)
         assert DevState.RUNNING in states
         assert len(ready) >= 3 and ready == sorted(ready)
         with lock:
-            hists = [v for n, v in received if n == "tofhistogram" and v is not None and len(v)]
+            hists = [v for n, v, _ in received if n == "tofhistogram" and v is not None and len(v)]
         assert hists and all(len(h) == axis.size for h in hists)
         assert max(h.sum() for h in hists) > 0  # events arrived in the ToF histogram
 
@@ -292,7 +300,7 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         time.sleep(2 * PERIOD_S)
         assert d.HitRate == 0.0
         with lock:
-            states = [v for n, v in received if n == "state"]
+            states = [v for n, v, _ in received if n == "state"]
         assert states[-1] == DevState.ON  # the state change was pushed
     finally:
         for i in ids:

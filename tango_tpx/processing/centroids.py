@@ -86,6 +86,10 @@ class Centroids(_SoA):
 # ----------------------------------------------------------------------------------------
 # numba kernels
 # ----------------------------------------------------------------------------------------
+#: Per-cluster sums kept by :func:`_accumulate_into` (one row per cluster).
+_N_SUMS: int = 8
+
+
 @numba.njit(cache=True, nogil=True)
 def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units):
     """Per-cluster ToT-weighted centroids of hits in (trig, t) order.
@@ -106,25 +110,18 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
     nearly in that order): while the moves stay within 8 per centroid the result is sorted
     by (trigger_nr, tof), past that the rest is appended in first-hit order.
     """
-    k = n_clusters
-    return _accumulate_into(ids, from_parent, k, trig, x, y, t, tot, min_size, tw_units,
-                            np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64),
-                            np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64),
-                            np.empty(k, np.int64), np.empty(k, np.int64))
+    return _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units,
+                            np.empty((n_clusters, _N_SUMS), np.int64))
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units,
-                     t0, trig_c, sx, sy, st, tsum, tmax, size):
-    """:func:`_accumulate` with its per-cluster sums in the given int64 arrays of at least
-    ``n_clusters`` values each (scratch: overwritten, need not be zero)."""
+def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units, sums):
+    """:func:`_accumulate` with its per-cluster sums in ``sums``, an int64 array of at least
+    ``n_clusters`` rows of :data:`_N_SUMS` (scratch: overwritten, need not be zero). One row
+    holds all of a cluster's sums (first time, trigger, x*ToT, y*ToT, dt*ToT, ToT, ToT max,
+    size), so a hit updates one cache line."""
     k = n_clusters
-    sx[:k] = 0
-    sy[:k] = 0
-    st[:k] = 0
-    tsum[:k] = 0
-    tmax[:k] = 0
-    size[:k] = 0
+    sums[:k, :] = 0
     n_seen = 0
     for i in range(ids.size):
         p = np.int64(ids[i])
@@ -144,20 +141,20 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
         else:
             c = p
         ti = t[i]
-        if size[c] == 0:
-            t0[c] = ti
-            trig_c[c] = trig[i]
+        if sums[c, 7] == 0:
+            sums[c, 0] = ti
+            sums[c, 1] = trig[i]
         w = np.int64(tot[i])
-        sx[c] += np.int64(x[i]) * w
-        sy[c] += np.int64(y[i]) * w
-        st[c] += (ti - t0[c]) * w
-        tsum[c] += w
-        tmax[c] = max(tmax[c], w)
-        size[c] += 1
+        sums[c, 2] += np.int64(x[i]) * w
+        sums[c, 3] += np.int64(y[i]) * w
+        sums[c, 4] += (ti - sums[c, 0]) * w
+        sums[c, 5] += w
+        sums[c, 6] = max(sums[c, 6], w)
+        sums[c, 7] += 1
 
     m = 0
     for c in range(k):
-        if size[c] >= min_size:
+        if sums[c, 7] >= min_size:
             m += 1
     o_trig = np.empty(m, np.int64)
     o_x = np.empty(m, np.float32)
@@ -171,13 +168,13 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
     budget = np.int64(64)
     m = 0
     for c in range(k):
-        if size[c] < min_size:
+        if sums[c, 7] < min_size:
             continue
-        wsum = tsum[c]
-        tr = trig_c[c]
-        tof = t0[c] + (2 * st[c] + wsum) // (2 * wsum)
+        wsum = sums[c, 5]
+        tr = sums[c, 1]
+        tof = sums[c, 0] + (2 * sums[c, 4] + wsum) // (2 * wsum)
         if nlut > 0:
-            b = min(max(tmax[c] - 1, 0), nlut - 1)
+            b = min(max(sums[c, 6] - 1, 0), nlut - 1)
             tof -= tw_units[b]
         q = m
         if budget >= 0:
@@ -199,13 +196,13 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
                     o_tmax[s] = o_tmax[s - 1]
                     o_size[s] = o_size[s - 1]
         o_trig[q] = tr
-        o_x[q] = sx[c] / wsum
-        o_y[q] = sy[c] / wsum
+        o_x[q] = sums[c, 2] / wsum
+        o_y[q] = sums[c, 3] / wsum
         o_t[q] = tof
         o_tsum[q] = wsum
-        o_tavg[q] = wsum / size[c]
-        o_tmax[q] = tmax[c]
-        o_size[q] = size[c]
+        o_tavg[q] = wsum / sums[c, 7]
+        o_tmax[q] = sums[c, 6]
+        o_size[q] = sums[c, 7]
         m += 1
     return o_trig, o_x, o_y, o_t, o_tsum, o_tavg, o_tmax, o_size
 
@@ -306,9 +303,9 @@ def _fast_sorted(trig, x, y, tof, tot, *, tot_threshold, min_cluster_size, radiu
     parent = _WORKSPACE.array("parent", n, np.int32) if n < 2**31 - 1 else None
     parent, ncl = union_pass(trig, x, y, tof, tot, int(tot_threshold), radius, window,
                              _frame_size(x), _frame_size(y), out=parent)
-    sums = _WORKSPACE.array("sums", 8 * ncl, np.int64).reshape(8, ncl)
+    sums = _WORKSPACE.array("sums", _N_SUMS * ncl, np.int64).reshape(ncl, _N_SUMS)
     return _sorted_centroids(_accumulate_into(parent, True, ncl, trig, x, y, tof, tot,
-                                              int(min_cluster_size), tw_units, *sums))
+                                              int(min_cluster_size), tw_units, sums))
 
 
 def dbscan_labels(trig, x, y, tof, *, eps: float = DBSCAN_EPS, min_samples: int = DBSCAN_MIN_SAMPLES,

@@ -27,6 +27,7 @@ MAX_WINDOW: int = 1 << 28
 #: Largest number of hits handled by the packed pass.
 MAX_HITS: int = (1 << 31) - 1
 _NO_HIT = np.int64(-(1 << 63))  # map entry of a pixel without a recent hit
+_NO_ROOT = np.int64(1 << 62)  # above every root index
 
 
 #: Scratch kept by a :class:`Workspace` between calls, bytes per thread at most.
@@ -140,26 +141,45 @@ def union_pass_packed(trig, x, y, t, tot, tot_threshold, radius, window, width, 
         lim = (k - window) << root_bits
         p0 = np.int64(y[i]) * pw + np.int64(x[i])
         root = np.int64(i)
-        if radius == 1:  # constant trip counts: the 3x3 neighbourhood is unrolled
+        if radius == 1:
+            # the 3x3 neighbourhood unrolled; the smallest and largest stored root of the
+            # qualifying cells are taken with selects, so the common cases (no neighbour, or
+            # all neighbours of one cluster) cost no data-dependent branch per cell
+            r_lo = _NO_ROOT
+            r_hi = np.int64(-1)
             for dy in range(3):
                 row = p0 + dy * pw
                 for dx in range(3):
                     e = pix[row + dx]
-                    if e >= lim:
-                        r = e & root_mask
-                        while parent[r] != r:  # path halving; usually r is still a root
-                            parent[r] = parent[parent[r]]
-                            r = np.int64(parent[r])
-                        if r != root:
-                            if root == i:  # first neighbour: join its cluster
-                                root = r
-                            elif r < root:  # bridge: the earlier root absorbs the later one
-                                parent[root] = r
-                                root = r
-                                n_roots -= 1
-                            else:
-                                parent[r] = root
-                                n_roots -= 1
+                    ok = e >= lim
+                    r_lo = min(r_lo, (e & root_mask) if ok else _NO_ROOT)
+                    r_hi = max(r_hi, (e & root_mask) if ok else np.int64(-1))
+            if r_hi >= 0 and r_lo == r_hi:
+                r = r_lo
+                while parent[r] != r:  # path halving; usually r is still a root
+                    parent[r] = parent[parent[r]]
+                    r = np.int64(parent[r])
+                root = r
+            elif r_hi >= 0:  # several clusters meet here: visit the cells in order, merge
+                for dy in range(3):
+                    row = p0 + dy * pw
+                    for dx in range(3):
+                        e = pix[row + dx]
+                        if e >= lim:
+                            r = e & root_mask
+                            while parent[r] != r:
+                                parent[r] = parent[parent[r]]
+                                r = np.int64(parent[r])
+                            if r != root:
+                                if root == i:  # first neighbour: join its cluster
+                                    root = r
+                                elif r < root:  # bridge: the earlier root absorbs the later one
+                                    parent[root] = r
+                                    root = r
+                                    n_roots -= 1
+                                else:
+                                    parent[r] = root
+                                    n_roots -= 1
         else:
             for q in range(offs.size):
                 e = pix[p0 + offs[q]]

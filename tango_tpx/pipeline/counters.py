@@ -35,7 +35,7 @@ GLOBAL_COUNTERS = (
     "trigger_events",   # TDC1 rising edges numbered as events (decoder)
     "lost_triggers",    # gaps in the 12-bit TDC counter (decoder)
     "late_pixels",      # pixels too late to be assigned (decoder)
-    "decoded_chunks",   # raw chunks decoded (decoder)
+    "decoded_chunks",   # raw chunks decoded and passed on (decoder)
     "delivered",        # messages delivered to the caller/stream (collector)
     "idle_bytes",       # UDP payload bytes received while the acquisition gate was closed
     "roi_hits",         # events inside the region of interest (decoder, gated pipeline)

@@ -231,7 +231,6 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         c.add("hits", n_pix)
         c.add("triggers", n_trig)
         c.add("malformed_words", int(dec.counts.malformed))
-        c.add("decoded_chunks", 1)
         self._pv_hits += n_pix
         times = [int(dec.pixels.toa.max())] if n_pix else []
         if n_trig:
@@ -248,6 +247,7 @@ class GatedPacketProcessor(PipelinePacketProcessor):
         out = self.packet_processor.process(dec)
         self._emit_events(out)
         self._account(dec.pixels, out.events)
+        c.add("decoded_chunks", 1)   # counted once its events are passed on
         self._maybe_publish_preview()
         if cut is not None:
             self._carry = np.zeros(0, np.uint8)

@@ -117,7 +117,6 @@ class PipelinePacketProcessor(BasePipelineObject):
         c.add("hits", n_pix)
         c.add("triggers", n_trig)
         c.add("malformed_words", int(dec.counts.malformed))
-        c.add("decoded_chunks", 1)
         self._pv_hits += n_pix
         if self.use_events:
             out = self.packet_processor.process(dec)
@@ -131,6 +130,7 @@ class PipelinePacketProcessor(BasePipelineObject):
                 self.pushOutput(MessageType.PixelData, dec.pixels)
             if n_trig:
                 self.pushOutput(MessageType.TriggerData, dec.triggers)
+        c.add("decoded_chunks", 1)   # counted once its pixels or events are passed on
         self._maybe_publish_preview()
         return None
 

@@ -251,17 +251,15 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
 
         sender = threading.Thread(target=send_words, args=(words, udp_port, seconds))
         sender.start()
-        rates, previews = [], []
+        previews = []
         while sender.is_alive():
             time.sleep(PERIOD_S)
-            rates.append(d.HitRate)
             previews.append(d.Preview)
         sender.join()
         wait_until(lambda: d.TotalHits == n_hits, 10, f"{n_hits} hits")
         assert d.TotalTriggers == n_trig
         assert d.BytesReceived == words.size * 8
         assert d.MalformedWords == 0 and d.KernelDrops == 0 and d.LostTriggers == 0
-        assert max(rates) > 0, rates
         # HitRate is hits per second over each summary period (counter delta / period). The
         # UDP reader flushes in bursts and a loaded machine decodes in bursts, so single periods
         # vary; the rate integrated over the pushed periods is the number of hits.
@@ -270,6 +268,10 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
             pushed = sorted((t, v) for n, v, t in received if n == "hitrate")
         integral = sum(v * (t - t0) for (t0, _), (t, v) in zip(pushed, pushed[1:]))
         assert integral == pytest.approx(n_hits, rel=0.25), pushed
+        # a slow start (kernels compiled on first data) may decode everything after the send:
+        # the last complete preview period stays on display, so a frame with hits comes
+        wait_until(lambda: previews.append(d.Preview) or int(previews[-1].sum()) > 0, 10,
+                   "a Preview frame with hits")
         img = max(previews, key=lambda a: int(a.sum()))
         assert img.shape == (256, 256) and img.dtype == np.int32
         assert 0 < img.sum() <= n_hits
@@ -285,10 +287,13 @@ def test_state_machine_rates_totals_preview_and_events(device, udp_port):
         assert len(archived) >= 4 and archived == sorted(archived)
         assert DevState.RUNNING in states
         assert len(ready) >= 3 and ready == sorted(ready)
-        with lock:
-            hists = [v for n, v, _ in received if n == "tofhistogram" and v is not None and len(v)]
-        assert hists and all(len(h) == axis.size for h in hists)
-        assert max(h.sum() for h in hists) > 0  # events arrived in the ToF histogram
+
+        def pushed_hists() -> list[np.ndarray]:
+            with lock:
+                return [v for n, v, _ in received if n == "tofhistogram" and v is not None and len(v)]
+        # events arrived in a pushed ToF histogram
+        wait_until(lambda: any(h.sum() > 0 for h in pushed_hists()), 10, "a ToF histogram with events")
+        assert all(len(h) == axis.size for h in pushed_hists())
 
         d.Stop()
         assert d.state() in (DevState.MOVING, DevState.ON)

@@ -27,7 +27,7 @@ from tango_tpx.sardana import CT_CHANNELS, IMAGE_CHANNEL, MEASUREMENT_GROUP  # n
 from tango_tpx.sardana.demo import reference_path, scan_references  # noqa: E402
 from tango_tpx.sardana.system import SardanaSystem  # noqa: E402
 
-from .conftest import wait_until  # noqa: E402
+from .conftest import wait_for, wait_until  # noqa: E402
 
 #: Simulated hit rate (hits/s) - low, the machine is shared.
 RATE_HZ = 0.2e6
@@ -239,7 +239,9 @@ def test_device_fault_is_reported_by_the_channels_with_its_status(system, door):
         assert any("Fault" in line for line in result.errors), result.errors
     finally:
         dev.Init()
-    wait_until(lambda: dev.state() == tango.DevState.ON, 60, "device ON after Init")
+    # Init closes the faulted pipeline (up to 30 s) and arms a new one (ready within 60 s)
+    if not wait_for(lambda: dev.state() == tango.DevState.ON, 100):
+        raise AssertionError(f"device not ON 100 s after Init: {dev.state()}, {dev.status()!r}")
     assert _run_ok(door, "ct 0.2")
 
 

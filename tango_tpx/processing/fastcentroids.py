@@ -141,6 +141,7 @@ def union_pass_packed(trig, x, y, t, tot, tot_threshold, radius, window, width, 
         lim = (k - window) << root_bits
         p0 = np.int64(y[i]) * pw + np.int64(x[i])
         root = np.int64(i)
+        merge = True   # visit every cell in order and merge the clusters that meet here
         if radius == 1:
             # the 3x3 neighbourhood unrolled; the smallest and largest stored root of the
             # qualifying cells are taken with selects, so the common cases (no neighbour, or
@@ -154,33 +155,14 @@ def union_pass_packed(trig, x, y, t, tot, tot_threshold, radius, window, width, 
                     ok = e >= lim
                     r_lo = min(r_lo, (e & root_mask) if ok else _NO_ROOT)
                     r_hi = max(r_hi, (e & root_mask) if ok else np.int64(-1))
+            merge = r_lo < r_hi
             if r_hi >= 0 and r_lo == r_hi:
                 r = r_lo
                 while parent[r] != r:  # path halving; usually r is still a root
                     parent[r] = parent[parent[r]]
                     r = np.int64(parent[r])
                 root = r
-            elif r_hi >= 0:  # several clusters meet here: visit the cells in order, merge
-                for dy in range(3):
-                    row = p0 + dy * pw
-                    for dx in range(3):
-                        e = pix[row + dx]
-                        if e >= lim:
-                            r = e & root_mask
-                            while parent[r] != r:
-                                parent[r] = parent[parent[r]]
-                                r = np.int64(parent[r])
-                            if r != root:
-                                if root == i:  # first neighbour: join its cluster
-                                    root = r
-                                elif r < root:  # bridge: the earlier root absorbs the later one
-                                    parent[root] = r
-                                    root = r
-                                    n_roots -= 1
-                                else:
-                                    parent[r] = root
-                                    n_roots -= 1
-        else:
+        if merge:
             for q in range(offs.size):
                 e = pix[p0 + offs[q]]
                 if e >= lim:

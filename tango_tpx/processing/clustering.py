@@ -32,7 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from tango_tpx.processing.fastcentroids import fits, union_pass_packed
+from tango_tpx.processing.fastcentroids import fits, join_root, union_pass_packed
 from tango_tpx.tpx3.units import ns_to_units
 
 #: Default largest time gap between two touching hits of one cluster, ns. A particle's hits
@@ -216,20 +216,8 @@ def _union_pass(trig, x, y, t, tot, tot_threshold, radius, window, width, height
         for q in range(offs.size):
             a = p0 + offs[q]
             if keys[a] >= lim:
-                r = np.int64(roots[a])
-                while parent[r] != r:  # path halving; usually r is still a root
-                    parent[r] = parent[parent[r]]
-                    r = parent[r]
-                if r != root:
-                    if root == i:  # first neighbour: join its cluster
-                        root = r
-                    elif r < root:  # bridge: the earlier root absorbs the later one
-                        parent[root] = r
-                        root = r
-                        n_roots -= 1
-                    else:
-                        parent[r] = root
-                        n_roots -= 1
+                root, merged = join_root(parent, roots[a], root, i)
+                n_roots -= merged
         parent[i] = root
         if root == i:
             n_roots += 1

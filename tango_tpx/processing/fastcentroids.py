@@ -93,6 +93,27 @@ def scan_events(trig, x, y, t, tot, max_abs_time):
     return x_lo, x_hi, y_lo, y_hi, tot_lo, times_ok, ordered
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def join_root(parent, r, root, i):
+    """Hit ``i`` (cluster so far: ``root``, which is ``i`` while it has joined nothing) meets
+    a neighbour of the cluster holding hit ``r``: find that cluster's root (path halving;
+    usually ``r`` is still one) and join. The earlier root absorbs the later one, so each
+    root stays its cluster's first hit. Returns (root of hit ``i``, roots merged away: 0 or 1)."""
+    r = np.int64(r)
+    while parent[r] != r:
+        parent[r] = parent[parent[r]]
+        r = np.int64(parent[r])
+    if r == root:
+        return root, 0
+    if root == i:  # first neighbour: join its cluster
+        return r, 0
+    if r < root:  # bridge: the earlier root absorbs the later one
+        parent[root] = r
+        return r, 1
+    parent[r] = root
+    return root, 1
+
+
 @numba.njit(cache=True, nogil=True)
 def union_pass_packed(trig, x, y, t, tot, tot_threshold, radius, window, width, height, parent):
     """:func:`.clustering._union_pass` with one packed map word per pixel (see the module
@@ -157,29 +178,13 @@ def union_pass_packed(trig, x, y, t, tot, tot_threshold, radius, window, width, 
                     r_hi = max(r_hi, (e & root_mask) if ok else np.int64(-1))
             merge = r_lo < r_hi
             if r_hi >= 0 and r_lo == r_hi:
-                r = r_lo
-                while parent[r] != r:  # path halving; usually r is still a root
-                    parent[r] = parent[parent[r]]
-                    r = np.int64(parent[r])
-                root = r
+                root, _ = join_root(parent, r_lo, root, i)
         if merge:
             for q in range(offs.size):
                 e = pix[p0 + offs[q]]
                 if e >= lim:
-                    r = e & root_mask
-                    while parent[r] != r:  # path halving; usually r is still a root
-                        parent[r] = parent[parent[r]]
-                        r = np.int64(parent[r])
-                    if r != root:
-                        if root == i:  # first neighbour: join its cluster
-                            root = r
-                        elif r < root:  # bridge: the earlier root absorbs the later one
-                            parent[root] = r
-                            root = r
-                            n_roots -= 1
-                        else:
-                            parent[r] = root
-                            n_roots -= 1
+                    root, merged = join_root(parent, e & root_mask, root, i)
+                    n_roots -= merged
         parent[i] = root
         if root == i:
             n_roots += 1

@@ -86,7 +86,9 @@ class Centroids(_SoA):
 # ----------------------------------------------------------------------------------------
 # numba kernels
 # ----------------------------------------------------------------------------------------
-#: Per-cluster sums kept by :func:`_accumulate_into` (one row per cluster).
+#: Columns of the per-cluster sums row of :func:`_accumulate_into`: first hit time and its
+#: trigger, x*ToT, y*ToT, (t - first time)*ToT, ToT sum, ToT max, hit count.
+_T0, _TRIG, _SX, _SY, _ST, _TSUM, _TMAX, _SIZE = range(8)
 _N_SUMS: int = 8
 
 
@@ -118,8 +120,8 @@ def _accumulate(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_u
 def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size, tw_units, sums):
     """:func:`_accumulate` with its per-cluster sums in ``sums``, an int64 array of at least
     ``n_clusters`` rows of :data:`_N_SUMS` (scratch: overwritten, need not be zero). One row
-    holds all of a cluster's sums (first time, trigger, x*ToT, y*ToT, dt*ToT, ToT, ToT max,
-    size), so a hit updates one cache line."""
+    holds all of a cluster's sums (columns ``_T0`` ... ``_SIZE``), so a hit updates one cache
+    line."""
     k = n_clusters
     sums[:k, :] = 0
     n_seen = 0
@@ -141,20 +143,20 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
         else:
             c = p
         ti = t[i]
-        if sums[c, 7] == 0:
-            sums[c, 0] = ti
-            sums[c, 1] = trig[i]
+        if sums[c, _SIZE] == 0:
+            sums[c, _T0] = ti
+            sums[c, _TRIG] = trig[i]
         w = np.int64(tot[i])
-        sums[c, 2] += np.int64(x[i]) * w
-        sums[c, 3] += np.int64(y[i]) * w
-        sums[c, 4] += (ti - sums[c, 0]) * w
-        sums[c, 5] += w
-        sums[c, 6] = max(sums[c, 6], w)
-        sums[c, 7] += 1
+        sums[c, _SX] += np.int64(x[i]) * w
+        sums[c, _SY] += np.int64(y[i]) * w
+        sums[c, _ST] += (ti - sums[c, _T0]) * w
+        sums[c, _TSUM] += w
+        sums[c, _TMAX] = max(sums[c, _TMAX], w)
+        sums[c, _SIZE] += 1
 
     m = 0
     for c in range(k):
-        if sums[c, 7] >= min_size:
+        if sums[c, _SIZE] >= min_size:
             m += 1
     o_trig = np.empty(m, np.int64)
     o_x = np.empty(m, np.float32)
@@ -168,13 +170,13 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
     budget = np.int64(64)
     m = 0
     for c in range(k):
-        if sums[c, 7] < min_size:
+        if sums[c, _SIZE] < min_size:
             continue
-        wsum = sums[c, 5]
-        tr = sums[c, 1]
-        tof = sums[c, 0] + (2 * sums[c, 4] + wsum) // (2 * wsum)
+        wsum = sums[c, _TSUM]
+        tr = sums[c, _TRIG]
+        tof = sums[c, _T0] + (2 * sums[c, _ST] + wsum) // (2 * wsum)
         if nlut > 0:
-            b = min(max(sums[c, 6] - 1, 0), nlut - 1)
+            b = min(max(sums[c, _TMAX] - 1, 0), nlut - 1)
             tof -= tw_units[b]
         q = m
         if budget >= 0:
@@ -196,13 +198,13 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
                     o_tmax[s] = o_tmax[s - 1]
                     o_size[s] = o_size[s - 1]
         o_trig[q] = tr
-        o_x[q] = sums[c, 2] / wsum
-        o_y[q] = sums[c, 3] / wsum
+        o_x[q] = sums[c, _SX] / wsum
+        o_y[q] = sums[c, _SY] / wsum
         o_t[q] = tof
         o_tsum[q] = wsum
-        o_tavg[q] = wsum / sums[c, 7]
-        o_tmax[q] = sums[c, 6]
-        o_size[q] = sums[c, 7]
+        o_tavg[q] = wsum / sums[c, _SIZE]
+        o_tmax[q] = sums[c, _TMAX]
+        o_size[q] = sums[c, _SIZE]
         m += 1
     return o_trig, o_x, o_y, o_t, o_tsum, o_tavg, o_tmax, o_size
 

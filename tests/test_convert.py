@@ -309,7 +309,7 @@ def test_simulated_file_centroids_match_truth(tmp_path):
 # determinism across processes and chunkings
 # ------------------------------------------------------------------------------------------
 @pytest.mark.timeout(120)
-def test_same_output_for_1_and_2_processes(tmp_path):
+def test_same_output_for_1_and_2_workers_threads_and_processes(tmp_path):
     src = write_raw(tmp_path / "s.raw", synth_words(60, 30, seed=5))
     a, b = tmp_path / "n1.h5", tmp_path / "n2.h5"
     ra = convert_file(src, a, number_of_processes=1)
@@ -325,7 +325,7 @@ def test_same_output_for_1_and_2_processes(tmp_path):
         np.testing.assert_array_equal(x1[path], x2[path], err_msg=path)
     # tiny shared-memory slots: most batches travel pickled instead (the fallback path)
     c = tmp_path / "n3.h5"
-    rc = convert_file(src, c, number_of_processes=3, chunk_words=50, batch_hits=10)
+    rc = convert_file(src, c, number_of_processes=3, chunk_words=50, batch_hits=10, worker_kind="processes")
     assert rc.centroids == ra.centroids
     da, db, dc = all_datasets(a), all_datasets(b), all_datasets(c)
     for path in H.DATASETS:
@@ -672,13 +672,14 @@ def boom(batch, state, out=None):
     raise ValueError("boom in batch")
 pool.process_batch = boom            # forked workers inherit the patch
 src, out = sys.argv[1], Path(sys.argv[2])
-try:
-    convert_file(src, out, number_of_processes=2)
-except RuntimeError as exc:
-    assert "boom in batch" in str(exc), exc
-else:
-    raise AssertionError("no error from a failing worker")
-assert not out.exists() and not partial_path(out).exists()
+for kind in ("threads", "processes"):
+    try:
+        convert_file(src, out, number_of_processes=2, worker_kind=kind)
+    except RuntimeError as exc:
+        assert "boom in batch" in str(exc), exc
+    else:
+        raise AssertionError(f"no error from a failing worker ({kind})")
+    assert not out.exists() and not partial_path(out).exists()
 print("cli", cli_main(["convert", src, "-o", str(out), "-n", "2"]))
 assert not out.exists() and not partial_path(out).exists()
 assert not multiprocessing.active_children()
@@ -723,7 +724,7 @@ def test_threaded_caller_uses_a_safe_start_method(tmp_path):
     t.start()
     try:
         assert not conv.single_threaded()
-        convert_file(src, b, number_of_processes=2, chunk_words=500, batch_hits=200)
+        convert_file(src, b, number_of_processes=2, chunk_words=500, batch_hits=200, worker_kind="processes")
     finally:
         stop.set()
         t.join()
@@ -747,7 +748,8 @@ def close(self, terminate=False):
     self.sent = {k: 0 for k in self.sent}
     orig(self, terminate)
 OrderedPool.close = close
-r = convert_file(sys.argv[1], sys.argv[2], number_of_processes=2, chunk_words=500, batch_hits=200)
+r = convert_file(sys.argv[1], sys.argv[2], number_of_processes=2, chunk_words=500, batch_hits=200,
+                 worker_kind="processes")
 print(json.dumps(dict(sent, centroids=r.centroids)))
 """
 

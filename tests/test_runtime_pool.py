@@ -207,7 +207,8 @@ def test_converter_with_two_processes_from_a_thread_equals_one_process(tmp_path)
     a, b = tmp_path / "one.h5", tmp_path / "two.h5"
     ra = convert_file(src, a, number_of_processes=1)
     children, shm = child_pids(), shm_entries()
-    rb = in_thread(lambda: convert_file(src, b, number_of_processes=2, chunk_words=4000, batch_hits=3000))
+    rb = in_thread(lambda: convert_file(src, b, number_of_processes=2, chunk_words=4000, batch_hits=3000,
+                                        worker_kind="processes"))
     assert ra.centroids > 1000 and (ra.hits, ra.events, ra.centroids) == (rb.hits, rb.events, rb.centroids)
     da, db = all_datasets(a), all_datasets(b)
     for path in H.DATASETS:

@@ -68,7 +68,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--close", action="store_true",
                    help="with --append: close the run afterwards (mark it complete)")
     p.add_argument("-n", "--number-of-processes", type=int, default=1, metavar="N",
-                   help="worker processes for events + clustering (1: none; output identical for any N; default 1)")
+                   help="workers for events + clustering: threads for the fast clustering, processes for "
+                        "--dbscan (1: none; output identical for any N; default 1)")
     p.add_argument("--no-centroid", action="store_true", help="write raw events and triggers only")
     p.add_argument("--dbscan", action="store_true",
                    help="pymepix's DBSCAN clustering instead of the fast connected components")

@@ -57,7 +57,7 @@ from tango_tpx.io.job import (
     partial_path,
     prepare_job,
 )
-from tango_tpx.io.pool import ProcessTuning
+from tango_tpx.io.pool import WORKER_KINDS, ProcessTuning
 from tango_tpx.processing.settings import ClusteringConfig
 
 
@@ -79,13 +79,16 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                  progress_callback: Callable[[float], Any] | None = None,
                  status_callback: Callable[[ConvertStatus], Any] | None = None,
                  clustering: ClusteringConfig | None = None,
+                 worker_kind: str = "auto",
                  ) -> ConvertResult:
     """Convert one raw/.tpx3 file to HDF5 (layout: :mod:`tango_tpx.io.hdf5`).
 
     input: pymepix .raw (with or without the 8-byte header) or ASI .tpx3 (single or quad).
     output: the .h5 path; ``FileExistsError`` if it exists and ``force`` is false.
-    number_of_processes: worker processes for events + clustering (1 = all in this process);
-        the output is identical for any number.
+    number_of_processes: workers for events + clustering (1 = all in this process); the
+        output is identical for any number. worker_kind: 'auto' (threads of this process for
+        the built-in fast clustering, whose kernels release the GIL; processes for DBSCAN and
+        registered backends), 'threads' or 'processes'; the output is the same.
     centroiding: False leaves ``centroided/*`` empty. dbscan: pymepix's DBSCAN instead of the
     fast connected-components clustering. event_window: (min, max) ToF in s, inclusive;
     default (0, inf) keeps every hit after its trigger. timewalk_file / cent_timewalk_file:
@@ -117,7 +120,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, *,
                       chunk_words=chunk_words, batch_hits=batch_hits, trainid_file=trainid_file,
                       clustering=clustering)
     return convert_range_file(job, job.out_path, number_of_processes=number_of_processes,
-                              progress_callback=progress_callback, status_callback=status_callback, t0=t0)
+                              progress_callback=progress_callback, status_callback=status_callback, t0=t0,
+                              worker_kind=worker_kind)
 
 
 def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: int = 1,
@@ -125,7 +129,7 @@ def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: 
                        final: bool = True, train_ids: bool = True, extra_attrs: dict | None = None,
                        progress_callback: Callable[[float], Any] | None = None,
                        status_callback: Callable[[ConvertStatus], Any] | None = None,
-                       t0: float | None = None) -> ConvertResult:
+                       t0: float | None = None, worker_kind: str = "auto") -> ConvertResult:
     """Convert the words ``[start_word, stop_word)`` of ``job``'s input, continuing ``state``
     (None: a fresh one, the start of the stream), to the complete HDF5 file ``out_path``
     (written as ``out_path.partial`` and renamed when complete; an existing file is replaced).
@@ -133,9 +137,11 @@ def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: 
     ``final``: this range ends the stream (the last open event is released; otherwise it is
     left in ``state``). ``train_ids``: write the job's train IDs. The file attribute
     ``range_counts`` (JSON) records what this range wrote; the result's ``word_counts`` and
-    ``processing`` are the totals of the stream so far.
+    ``processing`` are the totals of the stream so far. worker_kind: as in :func:`convert_file`.
     """
     t0 = time.perf_counter() if t0 is None else t0
+    if worker_kind not in WORKER_KINDS:
+        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {worker_kind!r}")
     in_path, info, params = job.in_path, job.info, job.params
     state = StreamState(params, in_path) if state is None else state
     result = job.new_result()
@@ -156,7 +162,7 @@ def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: 
     with ProcessTuning(ConversionInterrupted):
         try:
             # workers first (forked before the HDF5 file and its compression threads exist)
-            workers = open_workers(params, number_of_processes)
+            workers = open_workers(params, number_of_processes, worker_kind)
             if workers.inline_reason:
                 result.warnings.append(workers.inline_reason)
             writer = Hdf5Writer(partial, job.attrs, overwrite=True, compression=job.compression,

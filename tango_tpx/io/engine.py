@@ -231,15 +231,16 @@ class BatchSink:
             self.counts.pixel_stats[k] = self.counts.pixel_stats.get(k, 0) + v
 
 
-def open_workers(params: EngineParams, number_of_processes: int):
-    """A :class:`~tango_tpx.io.pool.Workers` pool whose ``sink`` (a :class:`BatchSink`) writes
-    to ``workers.sink.writer`` and counts the range it serves in ``workers.counts``. Start it
-    before opening the HDF5 writer (whose compression threads would rule out ``fork``)."""
+def open_workers(params: EngineParams, number_of_processes: int, worker_kind: str = "auto"):
+    """A :class:`~tango_tpx.io.pool.Workers` pool (``worker_kind``: 'auto', 'threads' or
+    'processes') whose ``sink`` (a :class:`BatchSink`) writes to ``workers.sink.writer`` and
+    counts the range it serves in ``workers.counts``. Start it before opening the HDF5
+    writer (whose compression threads would rule out ``fork``)."""
     from tango_tpx.io.pool import Workers
 
     sink = BatchSink()
     workers = Workers(params.worker_params(), number_of_processes, sink,
-                      slot_pixels=params.batch_hits + params.chunk_words)
+                      slot_pixels=params.batch_hits + params.chunk_words, kind=worker_kind)
     workers.counts = sink.counts
     return workers
 

@@ -1,11 +1,15 @@
 """The converter's ordered workers: batches in, events + centroids out, in order.
 
-A thin adapter on :class:`tango_tpx.runtime.pool.OrderedPool`: :class:`BatchPacking` (the
-only code that knows the fields of a :class:`~tango_tpx.io.batching.Batch`) gathers a
-batch's pixels and triggers straight into a shared-memory slot and rebuilds the batch in
-the worker; the worker writes the ``raw/*`` columns into the same slot (39 bytes per pixel
-of capacity) and sends back the centroids and statistics. N = 1 processes every batch in
-the calling process. Start methods, orphan guard and process tuning are the runtime's
+A thin adapter on the runtime's ordered pools. With worker **threads**
+(:class:`tango_tpx.runtime.threads.OrderedThreadPool`, the default for the built-in
+``fast`` clustering, whose kernels release the GIL) a batch travels as its own arrays. With
+worker **processes** (:class:`tango_tpx.runtime.pool.OrderedPool`, the default for DBSCAN
+and for registered backends, whose GIL use is unknown) :class:`BatchPacking` (the only code
+that knows the fields of a :class:`~tango_tpx.io.batching.Batch`) gathers a batch's pixels
+and triggers straight into a shared-memory slot and rebuilds the batch in the worker; the
+worker writes the ``raw/*`` columns into the same slot (39 bytes per pixel of capacity) and
+sends back the centroids and statistics. N = 1 processes every batch in the calling
+process. Start methods, orphan guard and process tuning are the runtime's
 (:mod:`tango_tpx.runtime`).
 """
 
@@ -17,10 +21,26 @@ import numpy as np
 
 from tango_tpx.io.batching import Batch, BatchResult, count_before, gather_pieces, make_state, process_batch
 from tango_tpx.runtime.pool import OrderedPool, single_threaded
+from tango_tpx.runtime.threads import OrderedThreadPool
 from tango_tpx.runtime.tuning import ProcessTuning, keep_heap
 
 #: triggers of a batch the slot is sized for (a batch that does not fit travels pickled)
 SLOT_TRIGGERS = 1 << 16
+#: ``worker_kind`` choices: 'auto' (threads for the built-in 'fast' clustering or no
+#: clustering, processes otherwise), 'threads', 'processes'
+WORKER_KINDS = ("auto", "threads", "processes")
+
+
+def resolve_worker_kind(kind: str, params: dict) -> str:
+    """'threads' or 'processes' for ``kind`` (one of :data:`WORKER_KINDS`) and the converter's
+    worker ``params``; ValueError names the choices."""
+    if kind not in WORKER_KINDS:
+        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    clustering = params.get("clustering")
+    nogil = not params["centroiding"] or (clustering is not None and clustering.algorithm == "fast")
+    return "threads" if nogil else "processes"
 
 
 class BatchPacking:
@@ -100,11 +120,22 @@ class Workers:
     to ``sink`` (a callable taking a :class:`BatchResult`) in submission order."""
 
     def __init__(self, params: dict, n_processes: int, sink: Callable[[BatchResult], Any],
-                 slot_pixels: int):
+                 slot_pixels: int, kind: str = "auto"):
+        """n_processes: workers (1: inline); kind: one of :data:`WORKER_KINDS`."""
         self.sink = sink
-        self.pool = OrderedPool(_batch_worker, params, n_processes, self._deliver,
-                                slot_bytes=BatchPacking.slot_bytes(slot_pixels), slots_per_worker=2,
-                                warm_up=lambda: warm_up(params), name="tango-tpx-convert")
+        self.kind = resolve_worker_kind(kind, params)
+        if self.kind == "threads":
+            if n_processes > 1:
+                try:   # the kernels loaded once here, not raced for by the threads
+                    warm_up(params)
+                except Exception:   # only an optimisation: a real failure is the tasks' to report
+                    pass
+            self.pool = OrderedThreadPool(_batch_worker, params, n_processes, self._deliver,
+                                          name="tango-tpx-convert")
+        else:
+            self.pool = OrderedPool(_batch_worker, params, n_processes, self._deliver,
+                                    slot_bytes=BatchPacking.slot_bytes(slot_pixels), slots_per_worker=2,
+                                    warm_up=lambda: warm_up(params), name="tango-tpx-convert")
         self.n = self.pool.n
         self.inline_reason = self.pool.inline_reason
 
@@ -112,7 +143,7 @@ class Workers:
         self.sink(BatchPacking.result(arrays, small))
 
     def submit(self, batch: Batch) -> None:
-        if self.n == 1:   # inline: the batch's own arrays when it is one piece (no copy)
+        if self.n == 1 or self.kind == "threads":   # the batch's own arrays when it is one piece
             self.pool.submit(batch.first_nr, BatchPacking.arrays(batch.materialize()))
             return
         self.pool.submit(batch.first_nr, specs=BatchPacking.specs(batch), fill=BatchPacking.fill(batch))
@@ -127,4 +158,4 @@ class Workers:
         self.pool.close(terminate)
 
 
-__all__ = ["BatchPacking", "Workers", "warm_up", "single_threaded", "ProcessTuning", "keep_heap"]
+__all__ = ["BatchPacking", "Workers", "WORKER_KINDS", "resolve_worker_kind", "warm_up", "single_threaded", "ProcessTuning", "keep_heap"]

@@ -1,15 +1,18 @@
 """End-to-end conversion benchmark: simulated raw file -> HDF5 with centroids (``tango-tpx convert``).
 
 Usage: ``python benchmarks/convert.py [--size-gb 1.0] [--processes 2] [--repeat 3] [--dbscan-mhits 0.3]
-[--compressions deflate,blosc-lz4] [--rustpix-threads 1,2]``
+[--compressions deflate,blosc-lz4] [--worker-kinds auto,processes] [--rustpix-threads 1,2]``
 
 1. The simulator writes a pymepix .raw file of ``--size-gb`` GB (default 1 GB, ~130 M hits).
 2. numba/scikit-learn are warmed up on a tiny file, outside the timed regions.
-3. Timed: the whole file, fast clustering, ``--processes`` processes (Mhits/s = decoded pixel
+3. Timed: the whole file, fast clustering, ``--processes`` workers (Mhits/s = decoded pixel
    hits per second of wall time, reading, decoding, events, centroids and HDF5 writing included),
    once per compression of ``--compressions`` (runs interleaved, the best of ``--repeat`` each):
    the default ``deflate`` (read by every HDF5 reader) side by side with ``blosc-lz4`` (needs
    hdf5plugin to read), their ratio and output sizes. The first compression is the headline.
+   Interleaved with them, the first compression with each further worker kind of
+   ``--worker-kinds`` (the headline is the first: ``auto``, worker threads for the fast
+   clustering; ``processes`` side by side) and their ratio.
 4. Same run, a slice of the file (``--dbscan-mhits`` M words; 0 skips it): the pymepix-compatible
    DBSCAN mode (the baseline) and the fast mode on the same slice, and their ratio.
 5. Same run, the same words written as an ASI ``.tpx3`` file: rustpix's
@@ -18,7 +21,7 @@ Usage: ``python benchmarks/convert.py [--size-gb 1.0] [--processes 2] [--repeat 
    count of ``--rustpix-threads`` (``RAYON_NUM_THREADS``; its pool size is fixed at start),
    wall time of the call only (interpreter start and import excluded), the best of
    ``--repeat`` calls each. ``ratio_vs_rustpix`` = our end-to-end rate (raw to HDF5 with
-   centroids, ``--processes`` processes, the write included, the headline compression)
+   centroids, ``--processes`` workers, the write included, the headline compression and kind)
    / rustpix's best rate over the thread counts, both counted in our decoded pixel hits.
 
 The last line printed is one JSON object with every figure.
@@ -163,7 +166,10 @@ def bench_rustpix(src: Path, tpx3: Path, threads: list[int], repeat: int) -> dic
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=1.0, help="size of the simulated raw file (GB, default 1)")
-    ap.add_argument("--processes", type=int, default=2, help="number_of_processes (default 2)")
+    ap.add_argument("--processes", type=int, default=2, help="number_of_processes: workers (default 2)")
+    ap.add_argument("--worker-kinds", default="auto,processes",
+                    help="comma-separated worker kinds (convert_file worker_kind); the first is the headline, "
+                         "the others run with the first compression, interleaved (default auto,processes)")
     ap.add_argument("--dbscan-mhits", type=float, default=0.3, help="M words of the slice for the DBSCAN baseline")
     ap.add_argument("--rate-mhits", type=float, default=10.0, help="simulated hit rate (Mhits/s)")
     ap.add_argument("--trigger-hz", type=float, default=1000.0, help="simulated trigger rate (Hz)")
@@ -222,11 +228,14 @@ def main(argv: list[str] | None = None) -> dict:
 
         # -- 3. the whole file, fast clustering, per compression -----------------------------------
         comps = [c.strip() for c in args.compressions.split(",") if c.strip()]
+        kinds = [k.strip() for k in args.worker_kinds.split(",") if k.strip()] or ["auto"]
+        wk = kinds[0]
         load0 = os.getloadavg()[0]
         rss0 = _rss_mib()
         cpu0 = _cpu_s()
         with _RssSampler() as rss:
-            t_full, r_full = _convert(src, out, number_of_processes=args.processes, compression=comps[0])
+            t_full, r_full = _convert(src, out, number_of_processes=args.processes, compression=comps[0],
+                                      worker_kind=wk)
         cpu_full = _cpu_s() - cpu0
         mh_first = r_full.hits / t_full / 1e6
         # machines are noisy (and a process's first large run pays its heap growth): the
@@ -235,15 +244,23 @@ def main(argv: list[str] | None = None) -> dict:
         runs = {c: [] for c in comps}
         runs[comps[0]].append(t_full)
         sizes, cpus = {}, {comps[0]: cpu_full}   # CPU: the least of the runs (the first included)
+        kruns: dict[str, list] = {}              # the other worker kinds, first compression
+        kcpus: dict[str, float] = {}
         for k in range(args.repeat):
             for c in comps:
                 if k == 0 and c == comps[0]:
                     sizes[c] = out.stat().st_size
                     continue
                 c0 = _cpu_s()
-                runs[c].append(_convert(src, out, number_of_processes=args.processes, compression=c)[0])
+                runs[c].append(_convert(src, out, number_of_processes=args.processes, compression=c,
+                                        worker_kind=wk)[0])
                 cpus[c] = min(cpus.get(c, 1e99), _cpu_s() - c0)
                 sizes[c] = out.stat().st_size
+            for kind in kinds[1:]:
+                c0 = _cpu_s()
+                kruns.setdefault(kind, []).append(_convert(src, out, number_of_processes=args.processes,
+                                                           compression=comps[0], worker_kind=kind)[0])
+                kcpus[kind] = min(kcpus.get(kind, 1e99), _cpu_s() - c0)
         best = {c: min(ts) for c, ts in runs.items()}
         mh = {c: r_full.hits / best[c] / 1e6 for c in comps}
         t_full = best[comps[0]]
@@ -253,11 +270,25 @@ def main(argv: list[str] | None = None) -> dict:
         mh_cpu_bound = r_full.hits / (cpu_full / cores) / 1e6
         h5_size = sizes[comps[0]]
         for c in comps:
-            print(f"end to end, fast, {args.processes} processes, {c:10s}: {r_full.hits / 1e6:.1f} M hits, "
+            print(f"end to end, fast, {args.processes} workers ({wk}), {c:10s}: {r_full.hits / 1e6:.1f} M hits, "
                   f"{r_full.centroids / 1e6:.2f} M centroids in {best[c]:.2f} s = {mh[c]:6.2f} Mhits/s "
                   f"({size / best[c] / 1e6:.0f} MB/s raw in, {sizes[c] / 1e6:.0f} MB HDF5 out, "
                   f"{cpus[c] / r_full.hits * 1e9:.0f} ns CPU/hit); best of {len(runs[c])} runs: "
                   + ", ".join(f"{r_full.hits / t / 1e6:.2f}" for t in runs[c]) + " Mhits/s")
+        from tango_tpx.io.pool import resolve_worker_kind
+        from tango_tpx.processing.settings import ClusteringConfig
+
+        wk_used = resolve_worker_kind(wk, {"centroiding": True, "clustering": ClusteringConfig()})
+        mh_kind = {wk: mh[comps[0]]}
+        cpu_kind = {wk: cpus[comps[0]] / r_full.hits * 1e9}
+        for kind, ts in kruns.items():
+            mh_kind[kind] = r_full.hits / min(ts) / 1e6
+            cpu_kind[kind] = kcpus[kind] / r_full.hits * 1e9
+            print(f"end to end, fast, {args.processes} workers ({kind}), {comps[0]:10s}: {mh_kind[kind]:6.2f} Mhits/s, "
+                  f"{cpu_kind[kind]:.0f} ns CPU/hit; best of {len(ts)} runs: "
+                  + ", ".join(f"{r_full.hits / t / 1e6:.2f}" for t in ts) + " Mhits/s")
+            print(f"  ratio worker kind {wk} ({wk_used}) / {kind}: {mh_kind[wk] / mh_kind[kind]:.3f} (Mhits/s), "
+                  f"CPU per hit {cpu_kind[wk] / cpu_kind[kind]:.3f}")
         if len(comps) > 1:
             print(f"  ratio {comps[0]} / {comps[1]}: {mh[comps[0]] / mh[comps[1]]:.3f} (Mhits/s), "
                   f"output size {sizes[comps[0]] / sizes[comps[1]]:.3f}, CPU per hit "
@@ -307,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"ratio {ratio_rp_cpu:.2f}")
         print(f"{'':2}{'what':<58}{'Mhits/s':>10}")
         for c in comps:
-            print(f"{'':2}{'ours, raw -> HDF5 + centroids, ' + str(args.processes) + ' processes, ' + c:<58}"
+            print(f"{'':2}{'ours, raw -> HDF5 + centroids, ' + str(args.processes) + ' workers, ' + c:<58}"
                   f"{mh[c]:>10.2f}")
         for n, v in mh_rp.items():
             print(f"{'':2}{'rustpix abs, .tpx3 -> clusters, ' + str(n) + ' thread(s)':<58}{v:>10.2f}")
@@ -342,6 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
             "rustpix_cpu_s_by_threads": {} if isinstance(rp, str) else
             {str(n): round(r["cpu_s"], 2) for n, r in rp.items()},
             "rustpix_clusters": None if isinstance(rp, str) or not rp else next(iter(rp.values()))["clusters"],
+            "worker_kind": wk, "worker_kind_used": wk_used,
+            "mhits_per_s_by_worker_kind": {k: round(v, 2) for k, v in mh_kind.items()},
+            "cpu_ns_per_hit_by_worker_kind": {k: round(v, 1) for k, v in cpu_kind.items()},
             "rustpix_mhits_per_s": round(mh_rp_best, 2), "ratio_vs_rustpix": round(ratio_rp, 2),
             "target_ratio_vs_rustpix": 3.0, "rustpix_cpu_ns_per_hit": round(ns_rp, 1),
             "ratio_vs_rustpix_cpu_per_hit": round(ratio_rp_cpu, 2),

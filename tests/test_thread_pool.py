@@ -118,3 +118,31 @@ def test_converter_gives_the_same_file_with_threads_processes_and_inline(tmp_pat
     with pytest.raises(ValueError, match="worker_kind must be one of auto, threads, processes"):
         convert_file(src, tmp_path / "bad.h5", number_of_processes=2, worker_kind="fibres")
     assert not (tmp_path / "bad.h5").exists()
+
+
+@pytest.mark.timeout(240)
+def test_an_interrupted_threaded_conversion_stops_its_threads_and_says_why(tmp_path):
+    from tango_tpx.io.convert import ConversionInterrupted, partial_path
+    from tango_tpx.simulator import SimConfig, simulate
+
+    words, _ = simulate(SimConfig(rate_mhits=2.0, duration_s=0.05, seed=23, trigger_hz=2000.0))
+    src = write_raw(tmp_path / "sim.raw", words)
+    out = tmp_path / "o.h5"
+    seen = []
+
+    def ctrl_c_at_half(fraction: float) -> None:
+        seen.append(fraction)
+        if fraction >= 0.5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ConversionInterrupted):
+        convert_file(src, out, number_of_processes=2, chunk_words=4000, batch_hits=3000,
+                     worker_kind="threads", progress_callback=ctrl_c_at_half)
+    assert 0.5 <= seen[-1] < 1.0
+    assert not out.exists()
+    import h5py
+
+    with h5py.File(partial_path(out), "r") as f:
+        assert f.attrs["complete"] == np.False_ and f.attrs["interrupted"] == "Ctrl-C (SIGINT)"
+        assert f["raw/x"].shape[0] > 0                   # what the threads finished is there
+    assert [t for t in threading.enumerate() if t.name.startswith("tango-tpx-convert")] == []

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tango_tpx.processing.segmenter import Segment, count_before, gather_pieces, segment_events, window_units
 
 #: A batch is a segment of the stream: pixels of whole events and their triggers.

@@ -57,7 +57,7 @@ from tango_tpx.io.job import (
     partial_path,
     prepare_job,
 )
-from tango_tpx.io.pool import WORKER_KINDS, ProcessTuning
+from tango_tpx.io.pool import ProcessTuning, check_worker_kind
 from tango_tpx.processing.settings import ClusteringConfig
 
 
@@ -140,8 +140,7 @@ def convert_range_file(job: ConvertJob, out_path: Path, *, number_of_processes: 
     ``processing`` are the totals of the stream so far. worker_kind: as in :func:`convert_file`.
     """
     t0 = time.perf_counter() if t0 is None else t0
-    if worker_kind not in WORKER_KINDS:
-        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {worker_kind!r}")
+    check_worker_kind(worker_kind)   # before any work
     in_path, info, params = job.in_path, job.info, job.params
     state = StreamState(params, in_path) if state is None else state
     result = job.new_result()

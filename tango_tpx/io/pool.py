@@ -31,11 +31,16 @@ SLOT_TRIGGERS = 1 << 16
 WORKER_KINDS = ("auto", "threads", "processes")
 
 
+def check_worker_kind(kind: str) -> None:
+    """ValueError naming the choices unless ``kind`` is one of :data:`WORKER_KINDS`."""
+    if kind not in WORKER_KINDS:
+        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
+
+
 def resolve_worker_kind(kind: str, params: dict) -> str:
     """'threads' or 'processes' for ``kind`` (one of :data:`WORKER_KINDS`) and the converter's
     worker ``params``; ValueError names the choices."""
-    if kind not in WORKER_KINDS:
-        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
+    check_worker_kind(kind)
     if kind != "auto":
         return kind
     clustering = params.get("clustering")
@@ -158,4 +163,5 @@ class Workers:
         self.pool.close(terminate)
 
 
-__all__ = ["BatchPacking", "Workers", "WORKER_KINDS", "resolve_worker_kind", "warm_up", "single_threaded", "ProcessTuning", "keep_heap"]
+__all__ = ["BatchPacking", "Workers", "WORKER_KINDS", "check_worker_kind", "resolve_worker_kind", "warm_up",
+           "single_threaded", "ProcessTuning", "keep_heap"]

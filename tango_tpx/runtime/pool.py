@@ -44,6 +44,7 @@ import numpy as np
 
 from .guard import die_with_parent
 from .shm import SlotRing, align
+from .threads import filled_arrays
 from .tuning import ProcessTuning
 
 #: ``fn(inputs, meta, alloc) -> (arrays, small)``, built in each worker by ``factory(init)``
@@ -279,7 +280,7 @@ class OrderedPool:
         if arrays is None and (specs is None or fill is None):
             raise ValueError("submit needs arrays, or specs and fill")
         if self.n == 1:
-            inputs = dict(arrays) if arrays is not None else self._filled(specs, fill)
+            inputs = dict(arrays) if arrays is not None else filled_arrays(specs, fill)
             out, small = self.fn(inputs, meta, None)
             self.sink(dict(out), small)
             return
@@ -304,7 +305,7 @@ class OrderedPool:
             if layout is not None:
                 msg = ("slot", s, layout, meta)
         if msg is None:
-            payload = dict(arrays) if arrays is not None else self._filled(specs, fill)
+            payload = dict(arrays) if arrays is not None else filled_arrays(specs, fill)
             msg = ("pickled", s, payload, meta)
         self.sent[msg[0]] += 1
         try:
@@ -312,12 +313,6 @@ class OrderedPool:
         except OSError:
             raise self._died(w) from None
         self.inflight.append((w, s))
-
-    @staticmethod
-    def _filled(specs, fill) -> dict[str, np.ndarray]:
-        arrays = {k: np.empty(int(n), dt) for k, dt, n in specs}
-        fill(arrays)
-        return arrays
 
     def _died(self, w: int) -> RuntimeError:
         child = self.children[w]

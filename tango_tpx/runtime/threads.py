@@ -22,6 +22,14 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 
+def filled_arrays(specs: Iterable[tuple[str, Any, int]], fill: Callable[[dict[str, np.ndarray]], None]
+                  ) -> dict[str, np.ndarray]:
+    """New arrays ``(name, dtype, n)`` of ``specs``, written by ``fill(arrays)``."""
+    arrays = {k: np.empty(int(n), dt) for k, dt, n in specs}
+    fill(arrays)
+    return arrays
+
+
 class OrderedThreadPool:
     """Ordered processing of tasks on ``n_threads`` threads (1: inline in the caller).
 
@@ -57,11 +65,7 @@ class OrderedThreadPool:
         ``tasks_per_thread`` tasks per thread are in flight, handing results to the sink."""
         if arrays is None and (specs is None or fill is None):
             raise ValueError("submit needs arrays, or specs and fill")
-        if arrays is not None:
-            inputs = dict(arrays)
-        else:
-            inputs = {k: np.empty(int(n), dt) for k, dt, n in specs}
-            fill(inputs)
+        inputs = dict(arrays) if arrays is not None else filled_arrays(specs, fill)
         if self._executor is None:
             out, small = self._run(inputs, meta)
             self.sink(dict(out), small)
@@ -100,4 +104,4 @@ class OrderedThreadPool:
         self._inflight.clear()
 
 
-__all__ = ["OrderedThreadPool"]
+__all__ = ["OrderedThreadPool", "filled_arrays"]

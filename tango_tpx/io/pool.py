@@ -121,8 +121,9 @@ def warm_up(params: dict) -> None:
 
 
 class Workers:
-    """Ordered processing of batches: inline (N = 1) or on N worker processes; results go
-    to ``sink`` (a callable taking a :class:`BatchResult`) in submission order."""
+    """Ordered processing of batches: inline (N = 1), or on N worker threads or processes
+    (``kind``); results go to ``sink`` (a callable taking a :class:`BatchResult`) in
+    submission order."""
 
     def __init__(self, params: dict, n_processes: int, sink: Callable[[BatchResult], Any],
                  slot_pixels: int, kind: str = "auto"):
@@ -130,13 +131,8 @@ class Workers:
         self.sink = sink
         self.kind = resolve_worker_kind(kind, params)
         if self.kind == "threads":
-            if n_processes > 1:
-                try:   # the kernels loaded once here, not raced for by the threads
-                    warm_up(params)
-                except Exception:   # only an optimisation: a real failure is the tasks' to report
-                    pass
             self.pool = OrderedThreadPool(_batch_worker, params, n_processes, self._deliver,
-                                          name="tango-tpx-convert")
+                                          warm_up=lambda: warm_up(params), name="tango-tpx-convert")
         else:
             self.pool = OrderedPool(_batch_worker, params, n_processes, self._deliver,
                                     slot_bytes=BatchPacking.slot_bytes(slot_pixels), slots_per_worker=2,

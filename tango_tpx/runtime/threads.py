@@ -36,15 +36,23 @@ class OrderedThreadPool:
     factory, init: ``factory(init)`` builds the task function ``fn(inputs, meta, alloc)`` in
     each thread (``alloc`` is always None: results are plain arrays). sink: receives
     ``(arrays, small)`` in submission order. tasks_per_thread: tasks in flight per thread
-    (bounds the memory held by queued tasks). A task's exception reaches the caller at
-    ``drain``/``collect_ready`` as a RuntimeError naming it (the original chained), as from
-    worker processes; with one thread (inline) it is raised as it is.
+    (bounds the memory held by queued tasks). warm_up: called here once before the threads
+    start (load kernels once, not raced for by the threads), as the process pool does before
+    it forks. A task's exception reaches the caller at ``drain``/``collect_ready`` as a
+    RuntimeError naming it (the original chained), as from worker processes; with one thread
+    (inline) it is raised as it is.
     """
 
     def __init__(self, factory: Callable, init: Any, n_threads: int, sink: Callable[[dict, Any], Any], *,
-                 tasks_per_thread: int = 2, name: str = "tango-tpx") -> None:
+                 tasks_per_thread: int = 2, warm_up: Callable[[], None] | None = None,
+                 name: str = "tango-tpx") -> None:
         self.factory, self.init, self.sink, self.name = factory, init, sink, name
         self.n = max(1, int(n_threads))
+        if self.n > 1 and warm_up is not None:
+            try:
+                warm_up()
+            except Exception:  # only an optimisation: a real failure is the tasks' to report
+                pass
         self.inline_reason = ""
         self.limit = self.n * max(1, int(tasks_per_thread))
         self._local = threading.local()

@@ -7,6 +7,8 @@ Runs the same hits through
   * ``rustpix`` (optional extra ``bench``) clustering the same hits (the simulator's word
     stream written as a .tpx3 file), its abs/grid/dbscan algorithms with RAYON_NUM_THREADS=1
     so that the figures are per core;
+  * ``CentroidCalculator(number_of_processes=--workers)`` (pymepix's API, fast clustering) on
+    worker threads and on worker processes, wall clock, with one worker beside them;
 and prints Mhits/s per core and the ratios to dbscan (the pymepix baseline). Times are the
 process's CPU time (every timed part runs on one thread; a shared machine's other jobs do not
 inflate it), best of ``--repeat``; ``--wall`` switches to wall time. Numba is warmed up on a
@@ -16,7 +18,7 @@ Hits come from the simulator (``tango_tpx.simulator.simulate``) when it is impor
 otherwise from a clustered generator here with similar statistics (about 6 hits per particle
 within 3x3 pixels, ToT falling off from the centre, up to ~100 ns time-walk, 10% noise).
 
-    python benchmarks/cluster.py [--hits 10000000] [--dbscan-hits 100000] [--repeat 3]
+    python benchmarks/cluster.py [--hits 10000000] [--dbscan-hits 100000] [--repeat 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -197,6 +199,33 @@ def bench_rustpix(words: np.ndarray, repeat: int) -> dict | str:
     return out or "every algorithm failed"
 
 
+def bench_calculator(ev: dict, workers: int, repeat: int) -> dict[str, float]:
+    """Wall-clock Mhits/s of ``CentroidCalculator(number_of_processes=workers)`` (pymepix's
+    API, the fast clustering) on worker threads and on worker processes, and of one worker;
+    the kinds alternate within each repeat, the pools are started (and warmed) before timing."""
+    from tango_tpx.processing.centroids import CentroidCalculator
+
+    fields = ("trigger_nr", "x", "y", "tof", "tot")
+    events = {k: ev[k] for k in fields}
+    n = int(ev["tof"].size)
+    calcs = {"threads": CentroidCalculator(number_of_processes=workers, worker_kind="threads"),
+             "processes": CentroidCalculator(number_of_processes=workers, worker_kind="processes"),
+             "one": CentroidCalculator(number_of_processes=1)}
+    best = {k: float("inf") for k in calcs}
+    try:
+        for c in calcs.values():
+            c.process(events)
+        for _ in range(repeat):
+            for k, c in calcs.items():
+                t0 = time.perf_counter()
+                c.process(events)
+                best[k] = min(best[k], time.perf_counter() - t0)
+    finally:
+        for c in calcs.values():
+            c.close()
+    return {k: n / v / 1e6 for k, v in best.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hits", type=int, default=10_000_000)
@@ -205,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-rustpix", action="store_true")
     ap.add_argument("--wall", action="store_true", help="time with the wall clock, not CPU time")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="CentroidCalculator(number_of_processes=N) on threads and processes, wall clock (0: skip)")
     a = ap.parse_args(argv)
     global WALL
     WALL = a.wall
@@ -266,6 +297,15 @@ def main(argv: list[str] | None = None) -> int:
                 res[f"rustpix_{algo}_file_mhits_s"] = round(r["file_mhits_s"], 3)
                 res[f"ratio_fast_vs_rustpix_{algo}"] = round(fast / r["mhits_s"], 2)
                 res[f"clusters_rustpix_{algo}"] = r["clusters"]
+    if a.workers > 0:
+        calc = bench_calculator(ev, a.workers, a.repeat)
+        for k, v in calc.items():
+            label = f"{k} ({a.workers} workers)" if k != "one" else "one worker"
+            print(f"CentroidCalculator, {label:<22} {v:8.2f} Mhits/s (wall)")
+        print(f"CentroidCalculator: threads / processes = {calc['threads'] / calc['processes']:.2f}")
+        res["calculator_workers"] = a.workers
+        res["calculator_mhits_s_by_worker_kind"] = {k: round(v, 2) for k, v in calc.items()}
+        res["ratio_calculator_threads_vs_processes"] = round(calc["threads"] / calc["processes"], 2)
     print(f"clusters: fast {len(cen)}, dbscan on the subsample {len(cen_db)} vs fast {len(cen_fs)}; "
           f"unsorted input gives the same result: {same}")
     print(json.dumps(res))

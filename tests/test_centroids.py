@@ -192,7 +192,8 @@ def test_one_and_three_processes_give_identical_output(dbscan):
     _, truth = simulate(SimConfig(rate_mhits=1.0, duration_s=0.02, seed=4, trigger_hz=1000.0))
     ev = truth_events(truth)
     with CentroidCalculator(number_of_processes=1, dbscan_clustering=dbscan) as one, \
-            CentroidCalculator(number_of_processes=3, dbscan_clustering=dbscan, min_hits_per_process=100) as three:
+            CentroidCalculator(number_of_processes=3, dbscan_clustering=dbscan, min_hits_per_process=100,
+                               worker_kind="processes") as three:
         a = one.process(ev)
         b = three.process(ev)
         assert three._pool is not None  # really ran in the pool

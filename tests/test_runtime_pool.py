@@ -230,7 +230,8 @@ def test_centroid_calculator_two_processes_from_a_thread_equals_one(dbscan):
     children, shm = child_pids(), shm_entries()
 
     def two_processes():
-        with CentroidCalculator(number_of_processes=2, dbscan_clustering=dbscan, min_hits_per_process=100) as two:
+        with CentroidCalculator(number_of_processes=2, dbscan_clustering=dbscan, min_hits_per_process=100,
+                                worker_kind="processes") as two:
             out = [two.process(ev), two.process(ev)]       # the pool is kept between batches
             assert two._pool is not None and two._pool.start_method == "spawn"
             return out

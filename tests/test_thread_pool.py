@@ -146,3 +146,51 @@ def test_an_interrupted_threaded_conversion_stops_its_threads_and_says_why(tmp_p
         assert f.attrs["complete"] == np.False_ and f.attrs["interrupted"] == "Ctrl-C (SIGINT)"
         assert f["raw/x"].shape[0] > 0                   # what the threads finished is there
     assert [t for t in threading.enumerate() if t.name.startswith("tango-tpx-convert")] == []
+
+
+@pytest.mark.timeout(180)
+def test_centroid_calculator_on_threads_equals_one_process_from_any_thread():
+    from tango_tpx.processing.centroids import CentroidCalculator
+    from tango_tpx.simulator import SimConfig, simulate
+
+    from .test_centroids import truth_events
+
+    _, truth = simulate(SimConfig(rate_mhits=1.0, duration_s=0.03, seed=24, trigger_hz=1000.0))
+    ev = truth_events(truth)
+    with CentroidCalculator(number_of_processes=1) as one:
+        a = one.process(ev)
+    children = child_pids()
+
+    def three_threads():
+        with CentroidCalculator(number_of_processes=3, min_hits_per_process=100) as three:
+            assert three.worker_kind_used == "threads"
+            out = [three.process(ev), three.process(ev)]    # the pool is kept between batches
+            assert isinstance(three._pool, OrderedThreadPool) and three._pool.n == 3
+            assert len([t for t in threading.enumerate() if t.name.startswith("centroid")]) == 3
+            return out
+
+    box = []
+    t = threading.Thread(target=lambda: box.append(three_threads()))
+    t.start()
+    t.join(120)
+    b, c = box[0]
+    assert len(a) > 100
+    for got in (b, c):
+        for k, v in a.as_dict().items():
+            np.testing.assert_array_equal(v, getattr(got, k), err_msg=k)
+    assert [t for t in threading.enumerate() if t.name.startswith("centroid")] == []
+    assert child_pids() == children                      # no worker process was started
+
+
+def test_centroid_calculator_worker_kind_follows_the_clustering_and_is_checked():
+    from tango_tpx.processing.centroids import CentroidCalculator
+    from tango_tpx.processing.logic.centroid_calculator import CentroidCalculator as PymepixCalculator
+
+    assert CentroidCalculator(number_of_processes=2).worker_kind_used == "threads"
+    assert CentroidCalculator(number_of_processes=2, dbscan_clustering=True).worker_kind_used == "processes"
+    assert CentroidCalculator(worker_kind="processes").worker_kind_used == "processes"
+    assert CentroidCalculator(dbscan_clustering=True, worker_kind="threads").worker_kind_used == "threads"
+    assert PymepixCalculator(number_of_processes=2).native().worker_kind_used == "processes"   # DBSCAN
+    assert PymepixCalculator(dbscan_clustering=False).native().worker_kind_used == "threads"
+    with pytest.raises(ValueError, match="auto, threads, processes"):
+        CentroidCalculator(number_of_processes=2, worker_kind="gpu")

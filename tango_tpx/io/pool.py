@@ -21,22 +21,11 @@ import numpy as np
 
 from tango_tpx.io.batching import Batch, BatchResult, count_before, gather_pieces, make_state, process_batch
 from tango_tpx.runtime.pool import OrderedPool, single_threaded
-from tango_tpx.runtime.threads import OrderedThreadPool
+from tango_tpx.runtime.threads import WORKER_KINDS, OrderedThreadPool, check_worker_kind
 from tango_tpx.runtime.tuning import ProcessTuning, keep_heap
 
 #: triggers of a batch the slot is sized for (a batch that does not fit travels pickled)
 SLOT_TRIGGERS = 1 << 16
-#: ``worker_kind`` choices: 'auto' (threads for the built-in 'fast' clustering or no
-#: clustering, processes otherwise), 'threads', 'processes'
-WORKER_KINDS = ("auto", "threads", "processes")
-
-
-def check_worker_kind(kind: str) -> None:
-    """ValueError naming the choices unless ``kind`` is one of :data:`WORKER_KINDS`."""
-    if kind not in WORKER_KINDS:
-        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
-
-
 def resolve_worker_kind(kind: str, params: dict) -> str:
     """'threads' or 'processes' for ``kind`` (one of :data:`WORKER_KINDS`) and the converter's
     worker ``params``; ValueError names the choices."""

@@ -1,10 +1,12 @@
-"""``CentroidCalculator``: clustering + centroids with pymepix's name and parameters, on
-one process or on the ordered worker pool (:mod:`tango_tpx.runtime.pool`).
+"""``CentroidCalculator``: clustering + centroids with pymepix's name and parameters, in
+the caller or on an ordered pool of worker threads or processes (:mod:`tango_tpx.runtime`).
 
 With ``number_of_processes`` N > 1 a batch of events is split at trigger boundaries (an
-event is never split) into up to N parts of about equal size; each part goes to a pool
-worker through a shared-memory slot and the parts' centroids are concatenated in order, so
-the output is identical to N = 1.
+event is never split) into up to N parts of about equal size; each part goes to a worker
+and the parts' centroids are concatenated in order, so the output is identical to N = 1.
+The built-in ``fast`` clustering runs on worker threads (its numba kernels release the
+GIL: a part travels as views of the caller's arrays); DBSCAN runs on worker processes,
+each part through a shared-memory slot.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tango_tpx.processing.centroids import (
     _sorted_arrays,
 )
 from tango_tpx.runtime.pool import OrderedPool
+from tango_tpx.runtime.threads import OrderedThreadPool, check_worker_kind
 
 #: the sorted event columns a task carries, in :func:`_run_sorted`'s order
 _COLUMNS = ("trigger_nr", "x", "y", "tof", "tot")
@@ -73,7 +76,9 @@ class CentroidCalculator:
     is scaled by 1e3, ours is not). number_of_processes: > 1 splits the events at trigger
     boundaries over a persistent ordered worker pool (:mod:`tango_tpx.runtime.pool`; safe
     from any thread, no process or shared-memory segment left after :meth:`close`) and
-    concatenates the parts in order; the output is identical for any number. mp_context:
+    concatenates the parts in order; the output is identical for any number. worker_kind:
+    ``'auto'`` (threads for the ``fast`` clustering, whose kernels release the GIL;
+    processes for DBSCAN), ``'threads'`` or ``'processes'``. mp_context (processes only):
     ``'fork'``, ``'spawn'`` (``'forkserver'`` is taken as ``'spawn'``) or None (fork when
     no other thread runs, else spawn). Batches below ``min_hits_per_process`` hits per
     process run in the caller. clustering_args: pymepix keys
@@ -84,14 +89,15 @@ class CentroidCalculator:
     dbscan_clustering: pymepix's DBSCAN instead of the fast algorithm (pymepix's default is
     True, ours False). tot_threshold: keep hits with ``tot > tot_threshold`` (ToT counts).
 
-    Use as a context manager or call :meth:`close` to stop the worker processes.
+    Use as a context manager or call :meth:`close` to stop the workers.
     """
 
     def __init__(self, cent_timewalk_lut=None, number_of_processes: int = 1,
                  clustering_args: dict | None = None, dbscan_clustering: bool = False,
                  tot_threshold: int | None = None, min_cluster_size: int | None = None,
                  radius: int | None = None, time_window_ns: float | None = None,
-                 mp_context: str | None = None, min_hits_per_process: int = 20000) -> None:
+                 mp_context: str | None = None, min_hits_per_process: int = 20000,
+                 worker_kind: str = "auto") -> None:
         args = dict(clustering_args or {})
         unknown = set(args) - _PYMEPIX_ARGS
         if unknown:
@@ -118,7 +124,9 @@ class CentroidCalculator:
         if mp_context not in (None, "fork", "spawn", "forkserver"):
             raise ValueError(f"mp_context must be None, 'fork', 'spawn' or 'forkserver', got {mp_context!r}")
         self._start_method = {None: "auto", "fork": "fork"}.get(mp_context, "spawn")
-        self._pool: OrderedPool | None = None
+        check_worker_kind(worker_kind)
+        self.worker_kind = worker_kind
+        self._pool: OrderedPool | OrderedThreadPool | None = None
         self._pool_key: tuple = ()
         self._parts: list[Centroids] = []
         self.number_of_processes = number_of_processes
@@ -143,21 +151,36 @@ class CentroidCalculator:
                             self.time_window_ns, self.cent_timewalk_lut, self.epsilon,
                             self.min_samples, self.chunk_size_limit)
 
-    def _keep_part(self, arrays: dict, small: None) -> None:
-        # the arrays are views of a pool slot, valid during this call only
-        self._parts.append(Centroids(**{k: np.array(a) for k, a in arrays.items()}))
+    @property
+    def worker_kind_used(self) -> str:
+        """'threads' or 'processes': what ``number_of_processes`` > 1 starts (``worker_kind``
+        resolved for the clustering in use)."""
+        if self.worker_kind != "auto":
+            return self.worker_kind
+        return "threads" if self.algorithm == "fast" else "processes"
 
-    def _get_pool(self, params: dict, part_hits: int) -> OrderedPool:
+    def _keep_part(self, arrays: dict, small: None) -> None:
+        # from worker processes the arrays are views of a pool slot, valid during this call only
+        copy = isinstance(self._pool, OrderedPool)
+        self._parts.append(Centroids(**{k: np.array(a) if copy else a for k, a in arrays.items()}))
+
+    def _get_pool(self, params: dict, part_hits: int) -> OrderedPool | OrderedThreadPool:
         """The pool for these settings, with slots for parts of ``part_hits`` hits (a new one
-        when the settings, the process count or the needed slot size changed)."""
-        key = (self._number_of_processes, pickle.dumps(params))
+        when the settings, the worker count or kind, or the needed slot size changed)."""
+        kind = self.worker_kind_used
+        key = (self._number_of_processes, kind, pickle.dumps(params))
         need = part_hits * _SLOT_BYTES_PER_HIT + (1 << 16)
-        if self._pool is None or self._pool_key != key or self._pool_slot_bytes < need:
+        if (self._pool is None or self._pool_key != key
+                or (kind == "processes" and self._pool_slot_bytes < need)):
             self.close()
             self._pool_slot_bytes = 2 * need
-            self._pool = OrderedPool(_part_worker, params, self._number_of_processes, self._keep_part,
-                                     slot_bytes=self._pool_slot_bytes, slots_per_worker=1,
-                                     start_method=self._start_method, name="centroid")
+            if kind == "threads":
+                self._pool = OrderedThreadPool(_part_worker, params, self._number_of_processes,
+                                               self._keep_part, tasks_per_thread=1, name="centroid")
+            else:
+                self._pool = OrderedPool(_part_worker, params, self._number_of_processes, self._keep_part,
+                                         slot_bytes=self._pool_slot_bytes, slots_per_worker=1,
+                                         start_method=self._start_method, name="centroid")
             self._pool_key = key
         return self._pool
 
@@ -197,7 +220,8 @@ class CentroidCalculator:
         return Centroids.concat(parts_out)
 
     def close(self, terminate: bool = False) -> None:
-        """Shut the worker processes down (they are restarted by the next parallel batch)."""
+        """Stop the workers (threads joined, processes ended; the next parallel batch
+        starts them again)."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(terminate)

@@ -22,6 +22,18 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 
+#: ``worker_kind`` choices of the converter and of ``CentroidCalculator``: 'auto' (threads
+#: for work that releases the GIL, the built-in 'fast' clustering; processes otherwise),
+#: 'threads', 'processes'
+WORKER_KINDS = ("auto", "threads", "processes")
+
+
+def check_worker_kind(kind: str) -> None:
+    """ValueError naming the choices unless ``kind`` is one of :data:`WORKER_KINDS`."""
+    if kind not in WORKER_KINDS:
+        raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
+
+
 def filled_arrays(specs: Iterable[tuple[str, Any, int]], fill: Callable[[dict[str, np.ndarray]], None]
                   ) -> dict[str, np.ndarray]:
     """New arrays ``(name, dtype, n)`` of ``specs``, written by ``fill(arrays)``."""
@@ -112,4 +124,4 @@ class OrderedThreadPool:
         self._inflight.clear()
 
 
-__all__ = ["OrderedThreadPool", "filled_arrays"]
+__all__ = ["OrderedThreadPool", "WORKER_KINDS", "check_worker_kind", "filled_arrays"]

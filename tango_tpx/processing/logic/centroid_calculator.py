@@ -46,7 +46,8 @@ SENSOR_SIZES = (256, 516)
 
 class CentroidCalculator:
     """See the module doc. cent_timewalk_lut: centroid time-walk table, ns per ToT bin;
-    number_of_processes: worker processes for large batches (output identical for any)."""
+    number_of_processes: workers for large batches (output identical for any): threads for
+    the fast clustering (``dbscan_clustering=False``), processes for DBSCAN."""
 
     def __init__(self, cent_timewalk_lut: Any = None, number_of_processes: int = 1,
                  clustering_args: dict = {}, dbscan_clustering: bool = True) -> None:  # noqa: B006

@@ -154,6 +154,11 @@ def test_sort_order_paths_are_stable_and_correct():
     assert np.array_equal(sort_order(big_trig, big_t), np.lexsort((big_t, big_trig)))
     # negative times (tof before the trigger) are fine
     assert np.array_equal(sort_order(trig, t - 500), np.lexsort((t, trig)))
+    # keys over 32 bits (a 2^30-unit span per trigger, 2000 triggers): the wide-key passes
+    wide_trig = np.sort(rng.integers(0, 2000, 50_000))
+    wide_t = rng.integers(0, 1 << 30, 50_000)
+    wide_t[::7] = wide_t[1::7][: wide_t[::7].size]          # ties
+    assert np.array_equal(sort_order(wide_trig, wide_t), np.lexsort((wide_t, wide_trig)))
 
 
 def test_extreme_times_keep_exact_arithmetic():

@@ -18,9 +18,8 @@ halving), so labels come out numbered in order of each cluster's first hit.
 Input order: the stream is only locally out of order, so sorting first checks whether the
 hits are already in (trigger_nr, time) order (the normal case for events from the
 :class:`PacketProcessor`); otherwise (trigger_nr, time) is packed into one int64 key and
-sorted by numpy's stable sort, timsort, which finds and merges the sorted runs of a locally
-disordered stream (a double column's hits of one readout block form such a run); a stable
-``numpy.lexsort`` is the fallback when the key does not fit. Every path is stable, so the
+put in stable order by :func:`.timeorder.time_order` (linear-time bucket or radix passes on
+the key's span); a stable ``numpy.lexsort`` is the fallback when the key does not fit. Every path is stable, so the
 result does not depend on which one was taken.
 
 Units: times are int64 fine units of 25/4096 ns; ``time_window_ns`` is in ns; x, y in pixels;
@@ -33,6 +32,7 @@ import numba
 import numpy as np
 
 from tango_tpx.processing.fastcentroids import fits, join_root, union_pass_packed
+from tango_tpx.processing.timeorder import time_order
 from tango_tpx.tpx3.units import ns_to_units
 
 #: Default largest time gap between two touching hits of one cluster, ns. A particle's hits
@@ -115,9 +115,9 @@ def sort_order(trigger_nr: np.ndarray, t: np.ndarray) -> np.ndarray | None:
     """Stable permutation that sorts hits by (trigger_nr, t), or ``None`` if already sorted.
 
     trigger_nr: integer event numbers; t: int64 times (fine units). A sortedness check
-    first (the normal case: events come time-sorted); then one combined int64 key sorted by
-    numpy's stable sort (timsort, which merges the sorted runs of a locally disordered
-    stream); a stable ``numpy.lexsort`` when the key would not fit in 62 bits.
+    first (the normal case: events come time-sorted); then one combined int64 key in stable
+    order (:func:`.timeorder.time_order`: bucket or LSD radix passes, numpy's stable sort
+    beyond their range); a stable ``numpy.lexsort`` when the key would not fit in 62 bits.
     """
     trigger_nr = np.asarray(trigger_nr)
     t = np.asarray(t)
@@ -125,7 +125,7 @@ def sort_order(trigger_nr: np.ndarray, t: np.ndarray) -> np.ndarray | None:
         return None
     key, ok = _combined_key(trigger_nr, t)
     if ok:
-        return np.argsort(key, kind="stable")
+        return time_order(key)
     return np.lexsort((t, trigger_nr))
 
 

@@ -121,43 +121,54 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
     """:func:`_accumulate` with its per-cluster sums in ``sums``, an int64 array of at least
     ``n_clusters`` rows of :data:`_N_SUMS` (scratch: overwritten, need not be zero). One row
     holds all of a cluster's sums (columns ``_T0`` ... ``_SIZE``), so a hit updates one cache
-    line."""
+    line. From a forest each row is started by its root, which comes before its members; from
+    labels the rows are zeroed first."""
     k = n_clusters
-    sums[:k, :] = 0
+    if not from_parent:
+        sums[:k, :] = 0
     n_seen = 0
+    kept_at = max(np.int64(min_size), np.int64(1))   # a cluster is kept once it reaches this size
+    m = 0                                            # clusters kept
     for i in range(ids.size):
         p = np.int64(ids[i])
         if p < 0:
             continue
+        ti = t[i]
+        w = np.int64(tot[i])
         if from_parent:
-            if p == i:
+            if p == i:   # a root, met before its members: its row starts here (no zeroing pass)
                 c = n_seen
                 n_seen += 1
                 ids[i] = -2 - c
-            else:
-                r = p
-                while ids[r] >= 0:
-                    r = np.int64(ids[r])
-                c = -2 - np.int64(ids[r])
-                ids[i] = r
+                sums[c, _T0] = ti
+                sums[c, _TRIG] = trig[i]
+                sums[c, _SX] = np.int64(x[i]) * w
+                sums[c, _SY] = np.int64(y[i]) * w
+                sums[c, _ST] = 0
+                sums[c, _TSUM] = w
+                sums[c, _TMAX] = w
+                sums[c, _SIZE] = 1
+                m += kept_at == 1
+                continue
+            r = p
+            while ids[r] >= 0:
+                r = np.int64(ids[r])
+            c = -2 - np.int64(ids[r])
+            ids[i] = r
         else:
             c = p
-        ti = t[i]
-        if sums[c, _SIZE] == 0:
-            sums[c, _T0] = ti
-            sums[c, _TRIG] = trig[i]
-        w = np.int64(tot[i])
+            if sums[c, _SIZE] == 0:
+                sums[c, _T0] = ti
+                sums[c, _TRIG] = trig[i]
         sums[c, _SX] += np.int64(x[i]) * w
         sums[c, _SY] += np.int64(y[i]) * w
         sums[c, _ST] += (ti - sums[c, _T0]) * w
         sums[c, _TSUM] += w
         sums[c, _TMAX] = max(sums[c, _TMAX], w)
-        sums[c, _SIZE] += 1
+        size = sums[c, _SIZE] + 1
+        sums[c, _SIZE] = size
+        m += size == kept_at
 
-    m = 0
-    for c in range(k):
-        if sums[c, _SIZE] >= min_size:
-            m += 1
     o_trig = np.empty(m, np.int64)
     o_x = np.empty(m, np.float32)
     o_y = np.empty(m, np.float32)
@@ -170,7 +181,7 @@ def _accumulate_into(ids, from_parent, n_clusters, trig, x, y, t, tot, min_size,
     budget = np.int64(64)
     m = 0
     for c in range(k):
-        if sums[c, _SIZE] < min_size:
+        if sums[c, _SIZE] < kept_at:
             continue
         wsum = sums[c, _TSUM]
         tr = sums[c, _TRIG]

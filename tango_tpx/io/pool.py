@@ -26,6 +26,8 @@ from tango_tpx.runtime.tuning import ProcessTuning, keep_heap
 
 #: triggers of a batch the slot is sized for (a batch that does not fit travels pickled)
 SLOT_TRIGGERS = 1 << 16
+
+
 def resolve_worker_kind(kind: str, params: dict) -> str:
     """'threads' or 'processes' for ``kind`` (one of :data:`WORKER_KINDS`) and the converter's
     worker ``params``; ValueError names the choices."""

@@ -19,8 +19,8 @@ Input order: the stream is only locally out of order, so sorting first checks wh
 hits are already in (trigger_nr, time) order (the normal case for events from the
 :class:`PacketProcessor`); otherwise (trigger_nr, time) is packed into one int64 key and
 put in stable order by :func:`.timeorder.time_order` (linear-time bucket or radix passes on
-the key's span); a stable ``numpy.lexsort`` is the fallback when the key does not fit. Every path is stable, so the
-result does not depend on which one was taken.
+the key's span); a stable ``numpy.lexsort`` is the fallback when the key does not fit. Every
+path is stable, so the result does not depend on which one was taken.
 
 Units: times are int64 fine units of 25/4096 ns; ``time_window_ns`` is in ns; x, y in pixels;
 ToT in counts of 25 ns.

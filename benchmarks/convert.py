@@ -105,12 +105,11 @@ class _RssSampler:
         self._proc.join()
 
 
-def _fresh(out: Path) -> Path:
+def _fresh(out: Path) -> None:
     """Remove the previous run's output before the clocks start: replacing a 0.2 GB file costs
     the unlink of the old one (0.3-0.6 s of system time on the 2-core test machine), which is
     not conversion work and not what a first conversion pays."""
     out.unlink(missing_ok=True)
-    return out
 
 
 def _convert(src: Path, out: Path, **kw) -> tuple[float, object]:

@@ -18,6 +18,7 @@ from tango_tpx.runtime.threads import OrderedThreadPool
 from .poolwork import broken_worker, scale_worker
 from .test_convert import all_datasets, write_raw
 from .test_pipeline_helpers import child_pids
+from .test_runtime_pool import in_thread
 
 
 def pool_threads() -> list[threading.Thread]:
@@ -169,11 +170,7 @@ def test_centroid_calculator_on_threads_equals_one_process_from_any_thread():
             assert len([t for t in threading.enumerate() if t.name.startswith("centroid")]) == 3
             return out
 
-    box = []
-    t = threading.Thread(target=lambda: box.append(three_threads()))
-    t.start()
-    t.join(120)
-    b, c = box[0]
+    b, c = in_thread(three_threads)
     assert len(a) > 100
     for got in (b, c):
         for k, v in a.as_dict().items():

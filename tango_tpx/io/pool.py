@@ -21,7 +21,7 @@ import numpy as np
 
 from tango_tpx.io.batching import Batch, BatchResult, count_before, gather_pieces, make_state, process_batch
 from tango_tpx.runtime.pool import OrderedPool, single_threaded
-from tango_tpx.runtime.threads import WORKER_KINDS, OrderedThreadPool, check_worker_kind
+from tango_tpx.runtime.threads import WORKER_KINDS, OrderedThreadPool, check_worker_kind, pick_worker_kind
 from tango_tpx.runtime.tuning import ProcessTuning, keep_heap
 
 #: triggers of a batch the slot is sized for (a batch that does not fit travels pickled)
@@ -31,12 +31,9 @@ SLOT_TRIGGERS = 1 << 16
 def resolve_worker_kind(kind: str, params: dict) -> str:
     """'threads' or 'processes' for ``kind`` (one of :data:`WORKER_KINDS`) and the converter's
     worker ``params``; ValueError names the choices."""
-    check_worker_kind(kind)
-    if kind != "auto":
-        return kind
     clustering = params.get("clustering")
     nogil = not params["centroiding"] or (clustering is not None and clustering.algorithm == "fast")
-    return "threads" if nogil else "processes"
+    return pick_worker_kind(kind, nogil)
 
 
 class BatchPacking:

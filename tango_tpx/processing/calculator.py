@@ -28,7 +28,7 @@ from tango_tpx.processing.centroids import (
     _sorted_arrays,
 )
 from tango_tpx.runtime.pool import OrderedPool
-from tango_tpx.runtime.threads import OrderedThreadPool, check_worker_kind
+from tango_tpx.runtime.threads import OrderedThreadPool, check_worker_kind, pick_worker_kind
 
 #: the sorted event columns a task carries, in :func:`_run_sorted`'s order
 _COLUMNS = ("trigger_nr", "x", "y", "tof", "tot")
@@ -155,9 +155,7 @@ class CentroidCalculator:
     def worker_kind_used(self) -> str:
         """'threads' or 'processes': what ``number_of_processes`` > 1 starts (``worker_kind``
         resolved for the clustering in use)."""
-        if self.worker_kind != "auto":
-            return self.worker_kind
-        return "threads" if self.algorithm == "fast" else "processes"
+        return pick_worker_kind(self.worker_kind, self.algorithm == "fast")
 
     def _keep_part(self, arrays: dict, small: None) -> None:
         # from worker processes the arrays are views of a pool slot, valid during this call only

@@ -34,6 +34,15 @@ def check_worker_kind(kind: str) -> None:
         raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, got {kind!r}")
 
 
+def pick_worker_kind(kind: str, releases_gil: bool) -> str:
+    """'threads' or 'processes' for ``kind`` (one of :data:`WORKER_KINDS`): 'auto' takes threads
+    when the work ``releases_gil``; ValueError names the choices."""
+    check_worker_kind(kind)
+    if kind != "auto":
+        return kind
+    return "threads" if releases_gil else "processes"
+
+
 def filled_arrays(specs: Iterable[tuple[str, Any, int]], fill: Callable[[dict[str, np.ndarray]], None]
                   ) -> dict[str, np.ndarray]:
     """New arrays ``(name, dtype, n)`` of ``specs``, written by ``fill(arrays)``."""
@@ -124,4 +133,4 @@ class OrderedThreadPool:
         self._inflight.clear()
 
 
-__all__ = ["OrderedThreadPool", "WORKER_KINDS", "check_worker_kind", "filled_arrays"]
+__all__ = ["OrderedThreadPool", "WORKER_KINDS", "check_worker_kind", "filled_arrays", "pick_worker_kind"]

@@ -134,6 +134,12 @@ def run_pool(n: int, start_method: str = "auto", fill: bool = False) -> tuple[li
         return got, dict(pool.sent), getattr(pool, "start_method", "inline")
 
 
+def assert_same_centroids(a, b) -> None:
+    """Two ``Centroids`` equal field by field."""
+    for k, v in a.as_dict().items():
+        np.testing.assert_array_equal(v, getattr(b, k), err_msg=k)
+
+
 def assert_same(a: list, b: list) -> None:
     assert [s for _, s in a] == [s for _, s in b]
     for (x, _), (y, _) in zip(a, b):
@@ -239,8 +245,7 @@ def test_centroid_calculator_two_processes_from_a_thread_equals_one(dbscan):
     b, c = in_thread(two_processes)
     assert len(a) > 100
     for got in (b, c):
-        for k, v in a.as_dict().items():
-            np.testing.assert_array_equal(v, getattr(got, k), err_msg=k)
+        assert_same_centroids(a, got)
     assert_nothing_left(children, shm)
 
 

@@ -18,7 +18,7 @@ from tango_tpx.runtime.threads import OrderedThreadPool
 from .poolwork import broken_worker, scale_worker
 from .test_convert import all_datasets, write_raw
 from .test_pipeline_helpers import child_pids
-from .test_runtime_pool import in_thread
+from .test_runtime_pool import assert_same_centroids, in_thread
 
 
 def pool_threads() -> list[threading.Thread]:
@@ -173,8 +173,7 @@ def test_centroid_calculator_on_threads_equals_one_process_from_any_thread():
     b, c = in_thread(three_threads)
     assert len(a) > 100
     for got in (b, c):
-        for k, v in a.as_dict().items():
-            np.testing.assert_array_equal(v, getattr(got, k), err_msg=k)
+        assert_same_centroids(a, got)
     assert [t for t in threading.enumerate() if t.name.startswith("centroid")] == []
     assert child_pids() == children                      # no worker process was started
 

@@ -21,7 +21,9 @@ and the ratio of (a), (b) to the baseline. With the sender on the same 2 cores t
 figures are capped by the machine, so every step also reports CPU use per process (sender,
 receiver, decoder, centroid workers: ``/proc`` times, in cores = CPU s per s) and the
 CPU-based capacity ``cores / (pipeline CPU s per Mhit)`` (the rate at which the pipeline's
-processes alone would fill the machine). ``receiver capacity`` steps measure the receiving
+processes alone would fill the machine) and the peak depth of each stage's input queue
+(raw chunks waiting for the decoder, event messages waiting for the centroid workers: the
+stage whose queue grows is the one that limits the rate). ``receiver capacity`` steps measure the receiving
 side without a concurrent sender: the receiver is paused (SIGSTOP), a pre-generated burst is
 sent into the socket buffer as fast as possible, then the receiver resumes and the time to
 decode (and record / centroid) everything gives the rate; the same is measured with the
@@ -61,6 +63,8 @@ from tango_tpx.pipeline.messages import MessageType
 from tango_tpx.pipeline.udpsampler import open_udp_socket
 from tango_tpx.simulator import SimConfig, simulate
 from tango_tpx.simulator.udpsend import BatchSender
+
+from meters import CpuMeter, QueueMeter, load_avg, stage_pids
 
 PAYLOAD = 8192
 #: share of the granted socket buffer a capacity burst may fill (kernel overhead per datagram)
@@ -159,65 +163,6 @@ def sender(port: int, words: np.ndarray, hits_per_loop: int, d_ticks: int, d_cou
     sock.close()
     result.put(dict(bytes=sent_bytes, hits=sent_hits, seconds=seconds, loops=loop,
                     cpu_s=time.process_time() - c0))
-
-
-# ---- CPU accounting ------------------------------------------------------------------------
-_CLK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """CPU s (user + system) used so far by every thread of process ``pid`` (0 if gone)."""
-    try:
-        f = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return 0.0
-    v = f[f.rindex(")") + 2:].split()
-    return (int(v[11]) + int(v[12])) / _CLK
-
-
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU s of the whole machine so far (/proc/stat, all cores)."""
-    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    total = sum(v[:8])
-    return (total - v[3] - v[4]) / _CLK, total / _CLK
-
-
-def load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-class CpuMeter:
-    """CPU s per named group of processes between :meth:`start` and :meth:`stop`."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-
-    def _read(self) -> dict[str, float]:
-        return {g: sum(proc_cpu_s(p) for p in pids) for g, pids in self.groups.items()}
-
-    def start(self) -> None:
-        self.t0 = time.perf_counter()
-        self.c0 = self._read()
-        self.m0 = machine_cpu_s()
-
-    def stop(self) -> dict[str, float]:
-        c1, m1 = self._read(), machine_cpu_s()
-        out = {g: c1[g] - self.c0[g] for g in c1}
-        out["machine_busy"] = m1[0] - self.m0[0]
-        out["wall"] = time.perf_counter() - self.t0
-        return out
-
-
-def stage_pids(pipe) -> dict[str, list[int]]:
-    """pids of the pipeline's processes by role: receiver, decoder, centroid."""
-    roles = {"UdpSampler": "receiver", "PipelinePacketProcessor": "decoder",
-             "PipelineCentroidCalculator": "centroid"}
-    out: dict[str, list[int]] = {}
-    for st in pipe.stages:
-        for p in st.processes:
-            out.setdefault(roles.get(type(p).__name__, type(p).__name__), []).append(p.pid)
-    out["collector"] = [os.getpid()]
-    return out
 
 
 # ---- receivers -----------------------------------------------------------------------------
@@ -419,7 +364,9 @@ def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir, stall_s: float
         if kind == "pixel_rec":
             path = pipe.open_file(os.path.join(tmpdir, f"bench-{rate}.raw"))
         meter = CpuMeter(stage_pids(pipe))
+        queues = QueueMeter(pipe)
         meter.start()
+        queues.start()
         t0 = time.perf_counter()
         sent = finish_sender(*start_sender(port, stream, rate, duration), duration)
         c = pipe.counters
@@ -427,6 +374,7 @@ def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir, stall_s: float
                                                drain_s, stall_s)
         lag = time.perf_counter() - t0 - sent["seconds"]
         cpu = meter.stop()
+        depths = queues.stop()
         if path:
             pipe.close_file()
         snap = c.snapshot()
@@ -445,7 +393,7 @@ def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir, stall_s: float
     info = dict(sent_mhits=sent["hits"] / secs / 1e6, lag_s=round(lag, 2), drain=drain_state,
                 drain_s=round(max(drain, 0.0), 2),
                 throughput_mhits=round(snap["hits"] / (secs + max(drain, 0.0)) / 1e6, 2), **info,
-                **_cpu_figures(cpu, sent["hits"], secs, sent["cpu_s"]))
+                **_cpu_figures(cpu, sent["hits"], secs, sent["cpu_s"]), **depths)
     return ok, info
 
 
@@ -591,7 +539,8 @@ def main(argv=None) -> int:
                                            drain=x["drain"], drain_s=x["drain_s"],
                                            throughput_mhits=x["throughput_mhits"], hits_sent=x["hits_sent"],
                                            hits=x["hits"], kernel_drops=x["kernel_drops"],
-                                           handoff_dropped=x["handoff_dropped"]) for x in rows]
+                                           handoff_dropped=x["handoff_dropped"], queue_peak=x["queue_peak"],
+                                           queue_peak_at_s=x["queue_peak_at_s"]) for x in rows]
             if row:
                 out["centroid2_best_step"] = {k: row[k] for k in (
                     "cpu_cores", "pipeline_cpu_s_per_mhit", "cpu_capacity_mhits", "cpu_capacity_with_sender_mhits",

@@ -21,10 +21,11 @@ and the ratio of (a), (b) to the baseline. With the sender on the same 2 cores t
 figures are capped by the machine, so every step also reports CPU use per process (sender,
 receiver, decoder, centroid workers: ``/proc`` times, in cores = CPU s per s) and the
 CPU-based capacity ``cores / (pipeline CPU s per Mhit)`` (the rate at which the pipeline's
-processes alone would fill the machine) and the peak depth of each stage's input queue
-(raw chunks waiting for the decoder, event messages waiting for the centroid workers: the
-stage whose queue grows is the one that limits the rate). ``receiver capacity`` steps measure the receiving
-side without a concurrent sender: the receiver is paused (SIGSTOP), a pre-generated burst is
+processes alone would fill the machine), minor page faults per 1000 hits per process group,
+and the peak depth of each stage's input queue (raw chunks waiting for the decoder, event
+messages waiting for the centroid workers: the stage whose queue grows is the one that
+limits the rate). ``receiver capacity`` steps measure the receiving side without a
+concurrent sender: the receiver is paused (SIGSTOP), a pre-generated burst is
 sent into the socket buffer as fast as possible, then the receiver resumes and the time to
 decode (and record / centroid) everything gives the rate; the same is measured with the
 results delivered to a Python consumer thread through ``data_queue`` (PixelPipeline without
@@ -393,7 +394,8 @@ def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir, stall_s: float
     info = dict(sent_mhits=sent["hits"] / secs / 1e6, lag_s=round(lag, 2), drain=drain_state,
                 drain_s=round(max(drain, 0.0), 2),
                 throughput_mhits=round(snap["hits"] / (secs + max(drain, 0.0)) / 1e6, 2), **info,
-                **_cpu_figures(cpu, sent["hits"], secs, sent["cpu_s"]), **depths)
+                **_cpu_figures(cpu, sent["hits"], secs, sent["cpu_s"]), **depths,
+                page_faults_per_khit={g: round(f * 1000 / max(sent["hits"], 1), 2) for g, f in meter.faults.items()})
     return ok, info
 
 
@@ -544,7 +546,7 @@ def main(argv=None) -> int:
             if row:
                 out["centroid2_best_step"] = {k: row[k] for k in (
                     "cpu_cores", "pipeline_cpu_s_per_mhit", "cpu_capacity_mhits", "cpu_capacity_with_sender_mhits",
-                    "lag_s", "drain_s")}
+                    "lag_s", "drain_s", "page_faults_per_khit")}
         if "capacity" not in skip:
             print("receiver capacity: paused receiver, burst into the socket buffer, time to drain", flush=True)
             for kind, key, deliver in (("pixel_rec", "pixel_recording", False), ("centroid", "centroid2", False),

@@ -1,7 +1,7 @@
 """What the live benchmark measures besides hits: CPU time per process and the depth of
 each stage's input queue over a step.
 
-CPU figures come from ``/proc`` (s of CPU, user + system). Queue depths come from the
+CPU figures come from ``/proc`` (s of CPU, user + system; minor page faults). Queue depths come from the
 pipeline's shared counters: messages put into a stage's input minus messages it has taken,
 sampled by a thread of the benchmark process.
 """
@@ -18,14 +18,15 @@ ROLES = {"UdpSampler": "receiver", "PipelinePacketProcessor": "decoder",
          "PipelineCentroidCalculator": "centroid"}
 
 
-def proc_cpu_s(pid: int) -> float:
-    """CPU s (user + system) used so far by every thread of process ``pid`` (0 if gone)."""
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(CPU s, user + system; minor page faults) so far of every thread of process ``pid``
+    ((0, 0) if gone)."""
     try:
         f = open(f"/proc/{pid}/stat").read()
     except OSError:
-        return 0.0
+        return 0.0, 0
     v = f[f.rindex(")") + 2:].split()
-    return (int(v[11]) + int(v[12])) / _CLK
+    return (int(v[11]) + int(v[12])) / _CLK, int(v[7])
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -40,22 +41,28 @@ def load_avg() -> list[float]:
 
 
 class CpuMeter:
-    """CPU s per named group of processes between :meth:`start` and :meth:`stop`."""
+    """CPU s per named group of processes between :meth:`start` and :meth:`stop`; the minor
+    page faults of each group over the same time are left in :attr:`faults` (a fault is a
+    first touch of fresh memory: a few hundred ns of kernel time each)."""
 
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = groups
+        self.faults: dict[str, int] = {}
 
-    def _read(self) -> dict[str, float]:
-        return {g: sum(proc_cpu_s(p) for p in pids) for g, pids in self.groups.items()}
+    def _read(self) -> tuple[dict[str, float], dict[str, int]]:
+        stats = {g: [proc_stat(p) for p in pids] for g, pids in self.groups.items()}
+        return ({g: sum(c for c, _ in v) for g, v in stats.items()},
+                {g: sum(f for _, f in v) for g, v in stats.items()})
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
-        self.c0 = self._read()
+        self.c0, self.f0 = self._read()
         self.m0 = machine_cpu_s()
 
     def stop(self) -> dict[str, float]:
-        c1, m1 = self._read(), machine_cpu_s()
+        (c1, f1), m1 = self._read(), machine_cpu_s()
         out = {g: c1[g] - self.c0[g] for g in c1}
+        self.faults = {g: f1[g] - self.f0[g] for g in f1}
         out["machine_busy"] = m1[0] - self.m0[0]
         out["wall"] = time.perf_counter() - self.t0
         return out

@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:      # this checkout's library, not another installed one
+    sys.path.insert(0, str(REPO))
 
 
 def _best(fn, repeat: int) -> float:

@@ -54,11 +54,16 @@ import queue
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
 
-from tango_tpx.device.database import free_port
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:      # this checkout's library, not another installed one
+    sys.path.insert(0, str(REPO))
+
+from tango_tpx.device.database import free_port  # noqa: E402
 from tango_tpx.pipeline.acquisition import CentroidPipeline, PixelPipeline
 from tango_tpx.pipeline.messages import MessageType
 from tango_tpx.pipeline.udpsampler import open_udp_socket

@@ -366,11 +366,11 @@ def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir, stall_s: float
     pipe = _make_pipe(kind, port)
     pipe.start()
     path = None
+    queues = QueueMeter(pipe)
     try:
         if kind == "pixel_rec":
             path = pipe.open_file(os.path.join(tmpdir, f"bench-{rate}.raw"))
         meter = CpuMeter(stage_pids(pipe))
-        queues = QueueMeter(pipe)
         meter.start()
         queues.start()
         t0 = time.perf_counter()
@@ -386,6 +386,7 @@ def trial_pipeline(kind, stream, rate, duration, drain_s, tmpdir, stall_s: float
         snap = c.snapshot()
         fault = pipe.fault()
     finally:
+        queues.stop()
         pipe.stop()
         if path and os.path.exists(path):
             os.unlink(path)

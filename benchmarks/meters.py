@@ -1,9 +1,9 @@
 """What the live benchmark measures besides hits: CPU time per process and the depth of
 each stage's input queue over a step.
 
-CPU figures come from ``/proc`` (s of CPU, user + system; minor page faults). Queue depths come from the
-pipeline's shared counters: messages put into a stage's input minus messages it has taken,
-sampled by a thread of the benchmark process.
+CPU figures come from ``/proc`` (s of CPU, user + system; minor page faults). Queue depths
+come from the pipeline's shared counters: messages put into a stage's input minus messages it
+has taken, sampled by a thread of the benchmark process.
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ class QueueMeter:
 
     def stop(self) -> dict:
         """{"queue_peak": {stage: messages}, "queue_peak_at_s": {stage: s},
-        "queue_mean": {stage: messages}}, stages after the receiver."""
+        "queue_mean": {stage: messages}}, stages after the receiver (may be called again)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         stages = range(1, len(self.names))
         return {"queue_peak": {self.names[i]: self.peak[i] for i in stages},
                 "queue_peak_at_s": {self.names[i]: round(self.peak_at[i], 1) for i in stages},
